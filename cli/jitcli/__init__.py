@@ -1,0 +1,1 @@
+"""jit: the command-line client of jit-broker."""
