@@ -1,0 +1,104 @@
+"""The broker's one exception hierarchy; the API maps it to HTTP in exactly one place.
+
+    JitError                      500 internal_error
+    ├── InvalidRequest            400 invalid_request
+    │   └── PayloadTooLarge       413 payload_too_large
+    ├── NotAuthenticated          401 unauthenticated
+    ├── NotAllowed                403 forbidden
+    │   └── VmNotEligible         403 vm_not_eligible
+    ├── NotFound                  404 not_found
+    ├── Conflict                  409 conflict
+    │   ├── VmNotRunning          409 vm_not_running
+    │   └── NoNetworkSecurityGroup 409 no_nsg
+    └── UpstreamError             502 upstream_error
+        └── UpstreamThrottled     503 upstream_throttled
+
+Nothing below the API knows about HTTP beyond these two class attributes.
+"""
+
+from __future__ import annotations
+
+
+class JitError(Exception):
+    """Base of every error the broker reports to a caller; `message` is meant for a person."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(JitError):
+    """The request is malformed or asks for something policy can never allow in that form."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than the broker accepts."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class NotAuthenticated(JitError):
+    """No token, or a token that does not verify."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class NotAllowed(JitError):
+    """The caller is known but may not do this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class VmNotEligible(NotAllowed):
+    """The VM is not opted in, is outside the configured scopes, or needs a role the caller lacks."""
+
+    code = "vm_not_eligible"
+
+
+class NotFound(JitError):
+    """No such grant or VM (or none the caller may see)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(JitError):
+    """The request is valid but the current state of the world refuses it."""
+
+    status = 409
+    code = "conflict"
+
+
+class VmNotRunning(Conflict):
+    """Opening a port to a stopped VM would only leave a door open for later."""
+
+    code = "vm_not_running"
+
+
+class NoNetworkSecurityGroup(Conflict):
+    """Nothing filters the VM's traffic, so there is nothing to open and nothing protected."""
+
+    code = "no_nsg"
+
+
+class UpstreamError(JitError):
+    """Azure (ARM or Table Storage) failed in a way retries did not cure."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamThrottled(UpstreamError):
+    """Azure keeps throttling; the caller may retry later."""
+
+    status = 503
+    code = "upstream_throttled"
