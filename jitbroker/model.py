@@ -1,0 +1,118 @@
+"""The broker's domain objects: small, frozen, and free of I/O, shared by every layer below the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class GrantStatus(StrEnum):
+    """Where a grant is in its lifecycle: pending -> active -> revoked | expired, or failed."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+    @property
+    def is_open(self) -> bool:
+        """True while the grant may have (or be about to have) a door open."""
+        return self in (GrantStatus.PENDING, GrantStatus.ACTIVE)
+
+
+@dataclass(frozen=True)
+class NsgRuleRef:
+    """One broker-owned security rule that carries (among others, when coalesced) a grant's source."""
+
+    nsg_id: str
+    rule_name: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class ConnectInfo:
+    """Where the grantee connects: the best host to dial plus every address we know."""
+
+    host: str | None
+    public_ip: str | None
+    fqdn: str | None
+    private_ip: str | None
+    username: str | None
+    os: str | None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A person's time-bounded permission to reach one port of one VM from one source prefix.
+
+    `etag` is the store's concurrency token for the record it was read from (None before it is stored).
+    """
+
+    id: str
+    principal: str
+    principal_name: str
+    vm_id: str
+    vm_name: str
+    port: int
+    protocol: str
+    source: str
+    status: GrantStatus
+    created_at: datetime
+    expires_at: datetime
+    updated_at: datetime
+    justification: str | None = None
+    nsg_rules: tuple[NsgRuleRef, ...] = ()
+    connect: ConnectInfo | None = None
+    warnings: tuple[str, ...] = ()
+    reason: str | None = None
+    etag: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class NicAddress:
+    """One IP configuration of a NIC: its private address and what sits in front of it."""
+
+    private_ip: str
+    version: int
+    public_ip: str | None
+    fqdn: str | None
+    subnet_id: str | None
+
+
+@dataclass(frozen=True)
+class VmTopology:
+    """Where a VM's traffic is filtered and how to reach it: VM -> NICs -> addresses -> NIC NSG + subnet NSGs."""
+
+    vm_id: str
+    name: str
+    subscription: str
+    resource_group: str
+    location: str
+    os_type: str
+    admin_username: str | None
+    power_state: str
+    tags: dict[str, str]
+    addresses: tuple[NicAddress, ...]
+    nsg_ids: tuple[str, ...]
+
+    @property
+    def is_running(self) -> bool:
+        """Only a running VM gets a door: a stopped one would keep it open for whoever comes later."""
+        return self.power_state == "running"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One line of the append-only audit trail."""
+
+    kind: str
+    at: datetime
+    grant_id: str | None
+    principal: str | None
+    source: str | None
+    vm_id: str | None
+    port: int | None
+    reason: str | None = None
+    detail: str | None = None
