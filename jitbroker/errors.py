@@ -9,7 +9,8 @@
     ├── NotFound                  404 not_found
     ├── Conflict                  409 conflict
     │   ├── VmNotRunning          409 vm_not_running
-    │   └── NoNetworkSecurityGroup 409 no_nsg
+    │   ├── NoNetworkSecurityGroup 409 no_nsg
+    │   └── AddressFamilyMismatch 409 address_family_mismatch
     └── UpstreamError             502 upstream_error
         └── UpstreamThrottled     503 upstream_throttled
 
@@ -88,6 +89,12 @@ class NoNetworkSecurityGroup(Conflict):
     """Nothing filters the VM's traffic, so there is nothing to open and nothing protected."""
 
     code = "no_nsg"
+
+
+class AddressFamilyMismatch(Conflict):
+    """The caller's address family (say IPv6) cannot reach the VM (IPv4 only): retry over the other family."""
+
+    code = "address_family_mismatch"
 
 
 class UpstreamError(JitError):

@@ -1,0 +1,204 @@
+"""The broker's settings: one frozen, typed object read once from the app settings (environment), validated.
+
+The names are exactly those of `local.settings.sample.json`; that file and this module tell the same story.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from jitbroker.durations import parse_duration
+from jitbroker.errors import InvalidRequest
+
+T = TypeVar("T")
+
+ADDRESS_SOURCES = ("x-forwarded-for", "peer")
+
+
+class ConfigError(ValueError):
+    """One or more app settings are missing or malformed; the message lists every problem at once."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker is configured with; built by `from_env`, never mutated."""
+
+    authority_host: str
+    tenant_id: str
+    api_client_id: str
+    app_id_uri: str
+    token_versions: frozenset[int]
+    requester_role: str
+    admin_role: str
+
+    allowed_scopes: tuple[str, ...]
+    priority_min: int
+    priority_max: int
+    default_duration: timedelta
+    max_duration: timedelta
+    max_total_duration: timedelta
+    max_source_prefix_v4: int
+    max_source_prefix_v6: int
+    client_address_from: str
+    topology_cache_seconds: int
+
+    arm_endpoint: str
+    table_endpoint: str | None
+    table_connection_string: str | None
+    table_prefix: str
+    azure_client_id: str | None
+
+    sweep_schedule: str
+    sweep_batch: int
+    pending_grace: timedelta
+    arm_poll_seconds: float
+    arm_timeout_seconds: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; `ConfigError` names each missing or malformed one."""
+        reader = _Reader(os.environ if environ is None else environ)
+        settings = cls(
+            authority_host=reader.url("JIT_AUTHORITY_HOST"),
+            tenant_id=reader.text("JIT_TENANT_ID"),
+            api_client_id=reader.text("JIT_API_CLIENT_ID"),
+            app_id_uri=reader.text("JIT_API_APP_ID_URI"),
+            token_versions=reader.parse("JIT_TOKEN_VERSIONS", _token_versions, "2"),
+            requester_role=reader.text("JIT_REQUESTER_ROLE", "JIT.Requester"),
+            admin_role=reader.text("JIT_ADMIN_ROLE", "JIT.Admin"),
+            allowed_scopes=reader.parse("JIT_ALLOWED_SCOPES", _scopes),
+            priority_min=reader.integer("JIT_PRIORITY_MIN", "100", low=100, high=4096),
+            priority_max=reader.integer("JIT_PRIORITY_MAX", "199", low=100, high=4096),
+            default_duration=reader.duration("JIT_DEFAULT_DURATION", "PT1H"),
+            max_duration=reader.duration("JIT_MAX_DURATION", "PT4H"),
+            max_total_duration=reader.duration("JIT_MAX_TOTAL_DURATION", "PT8H"),
+            max_source_prefix_v4=reader.integer("JIT_MAX_SOURCE_PREFIX_V4", "32", low=8, high=32),
+            max_source_prefix_v6=reader.integer("JIT_MAX_SOURCE_PREFIX_V6", "128", low=32, high=128),
+            client_address_from=reader.choice("JIT_CLIENT_ADDRESS_FROM", ADDRESS_SOURCES, "x-forwarded-for"),
+            topology_cache_seconds=reader.integer("JIT_TOPOLOGY_CACHE_SECONDS", "60", low=0, high=3600),
+            arm_endpoint=reader.url("JIT_ARM_ENDPOINT", "https://management.azure.com"),
+            table_endpoint=reader.optional("JIT_TABLE_ENDPOINT"),
+            table_connection_string=reader.optional("JIT_TABLE_CONNECTION_STRING"),
+            table_prefix=reader.parse("JIT_TABLE_PREFIX", _table_prefix, "jit"),
+            azure_client_id=reader.optional("AZURE_CLIENT_ID"),
+            sweep_schedule=reader.text("JIT_SWEEP_SCHEDULE", "0 * * * * *"),
+            sweep_batch=reader.integer("JIT_SWEEP_BATCH", "200", low=1, high=5000),
+            pending_grace=reader.duration("JIT_PENDING_GRACE", "PT2M"),
+            arm_poll_seconds=reader.number("JIT_ARM_POLL_SECONDS", "1", low=0.0, high=60.0),
+            arm_timeout_seconds=reader.number("JIT_ARM_TIMEOUT_SECONDS", "120", low=1.0, high=600.0),
+        )
+        reader.check(settings)
+        reader.raise_if_any()
+        return settings
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first, so one start-up error says it all."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._env = environ
+        self._problems: list[str] = []
+
+    def _raw(self, name: str, default: str | None) -> str | None:
+        value = self._env.get(name, "").strip()
+        if value.startswith("<") and value.endswith(">"):
+            self._problems.append(f"{name} is still the placeholder {value}")
+            return None
+        if not value and default is None:
+            return None
+        return value or default
+
+    def parse(self, name: str, convert: Callable[[str], T], default: str | None = None) -> T:
+        raw = self._raw(name, default)
+        if raw is None:
+            if not any(p.startswith(name + " ") for p in self._problems):
+                self._problems.append(f"{name} is required")
+            return None  # type: ignore[return-value]  # never returned to a caller: raise_if_any follows
+        try:
+            return convert(raw)
+        except (ValueError, InvalidRequest) as err:
+            self._problems.append(f"{name}={raw!r}: {err}")
+            return None  # type: ignore[return-value]
+
+    def text(self, name: str, default: str | None = None) -> str:
+        return self.parse(name, str, default)
+
+    def optional(self, name: str) -> str | None:
+        return self._raw(name, None) or None
+
+    def url(self, name: str, default: str | None = None) -> str:
+        return self.parse(name, _https_url, default)
+
+    def integer(self, name: str, default: str, *, low: int, high: int) -> int:
+        return self.parse(name, lambda raw: _bounded(int(raw), low, high), default)
+
+    def number(self, name: str, default: str, *, low: float, high: float) -> float:
+        return self.parse(name, lambda raw: _bounded(float(raw), low, high), default)
+
+    def duration(self, name: str, default: str) -> timedelta:
+        return self.parse(name, lambda raw: parse_duration(raw, what=name), default)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        def pick(raw: str) -> str:
+            if raw.lower() not in choices:
+                raise ValueError(f"must be one of {', '.join(choices)}")
+            return raw.lower()
+
+        return self.parse(name, pick, default)
+
+    def check(self, s: Settings) -> None:
+        if self._problems:
+            return
+        if s.priority_min > s.priority_max:
+            self._problems.append("JIT_PRIORITY_MIN must not be above JIT_PRIORITY_MAX")
+        if not s.default_duration <= s.max_duration <= s.max_total_duration:
+            self._problems.append(
+                "durations must satisfy JIT_DEFAULT_DURATION <= JIT_MAX_DURATION <= JIT_MAX_TOTAL_DURATION"
+            )
+        if not (s.table_connection_string or s.table_endpoint):
+            self._problems.append("set JIT_TABLE_ENDPOINT (Azure) or JIT_TABLE_CONNECTION_STRING (local)")
+
+    def raise_if_any(self) -> None:
+        if self._problems:
+            raise ConfigError("invalid broker settings:\n  " + "\n  ".join(self._problems))
+
+
+def _bounded(value: T, low: T, high: T) -> T:
+    if not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"must be between {low} and {high}")
+    return value
+
+
+def _https_url(raw: str) -> str:
+    if not raw.startswith("https://"):
+        raise ValueError("must be an https:// URL (tokens are never sent in the clear)")
+    return raw.rstrip("/")
+
+
+def _token_versions(raw: str) -> frozenset[int]:
+    versions = frozenset(int(part) for part in raw.replace(" ", "").split(",") if part)
+    if not versions or not versions <= {1, 2}:
+        raise ValueError("must be 1, 2 or 1,2")
+    return versions
+
+
+def _scopes(raw: str) -> tuple[str, ...]:
+    scopes = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    if not scopes:
+        raise ValueError("name at least one /subscriptions/<id>[/resourceGroups/<name>]")
+    for scope in scopes:
+        parts = scope.split("/")
+        shape_ok = len(parts) in (3, 5) and parts[0] == "" and parts[1].lower() == "subscriptions"
+        if not shape_ok or (len(parts) == 5 and parts[3].lower() != "resourcegroups") or "" in parts[1:]:
+            raise ValueError(f"{scope!r} is not /subscriptions/<id>[/resourceGroups/<name>]")
+    return scopes
+
+
+def _table_prefix(raw: str) -> str:
+    if not (raw.isascii() and raw.isalnum() and raw[0].isalpha() and len(raw) <= 20):
+        raise ValueError("must be letters and digits, starting with a letter, at most 20 characters")
+    return raw
