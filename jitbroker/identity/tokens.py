@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,10 +62,10 @@ def _utc_now() -> datetime:
 class TokenVerifier:
     """Checks a bearer token against one tenant and one app registration, and says who presented it.
 
-    Accepts exactly the token versions configured: v2 (`iss` `{authority_host}/{tenant}/v2.0`, `aud` = the
-    bare client id) and/or v1 (`iss` `https://sts.windows.net/{tenant}/` unless `v1_issuer` says otherwise,
-    `aud` = the app id URI). Keys come from the v2 OpenID metadata of the configured authority; both versions
-    share them. Safe to share between threads.
+    Accepts exactly the token versions configured (`token_versions`: "1"/"2" or 1/2): v2 (`iss`
+    `{authority_host}/{tenant}/v2.0`, `aud` = the bare client id) and/or v1 (`iss`
+    `https://sts.windows.net/{tenant}/` unless `v1_issuer` says otherwise, `aud` = the app id URI). Keys come
+    from the v2 OpenID metadata of the configured authority; both versions share them. Thread-safe.
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class TokenVerifier:
         tenant_id: str,
         api_client_id: str,
         app_id_uri: str,
-        token_versions: frozenset[str],
+        token_versions: Collection[str | int],
         v1_issuer: str | None = None,
         leeway_seconds: int = 60,
         jwks_cache_seconds: int = 3600,
@@ -85,8 +85,9 @@ class TokenVerifier:
         authority = authority_host.rstrip("/")
         if not authority.startswith("https://"):
             raise ValueError(f"authority_host must be an https:// URL, not {authority_host!r}")
-        if not token_versions or not token_versions <= TOKEN_VERSIONS:
-            raise ValueError(f"token_versions must be a subset of {{'1', '2'}}, not {set(token_versions)}")
+        versions = frozenset(str(v).removesuffix(".0") for v in token_versions)
+        if not versions or not versions <= TOKEN_VERSIONS:
+            raise ValueError(f"token_versions must be 1, 2 or both, not {set(token_versions)}")
         required = {"tenant_id": tenant_id, "api_client_id": api_client_id, "app_id_uri": app_id_uri}
         for label, value in required.items():
             if not value or value != value.strip():
@@ -104,7 +105,7 @@ class TokenVerifier:
         if v1 == v2_issuer:
             raise ValueError("v1_issuer must differ from the v2 issuer, or versions could not be told apart")
         for version, issuer, audience in (("2", v2_issuer, api_client_id), ("1", v1, app_id_uri)):
-            if version in token_versions:
+            if version in versions:
                 self._accepted[issuer] = (version, audience)
             else:
                 self._disabled[issuer] = version
