@@ -1,0 +1,438 @@
+"""The HTTP API v1 (docs/api.md): thin routes over `GrantService`, and every error as `{"error": {...}}`.
+
+Read it as the product's table of contents; the work happens in `grants` and below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jitbroker.config import Settings
+from jitbroker.durations import format_duration, parse_duration
+from jitbroker.errors import JitError, NotAuthenticated
+from jitbroker.grants import GrantRequest, GrantService, VmSummary
+from jitbroker.identity import Principal, bearer_token, caller_address
+from jitbroker.model import Grant, GrantStatus
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+API_VERSION = "1"
+
+
+class Verifier(Protocol):
+    """Turns a bearer token into a verified principal (implemented by `jitbroker.identity.TokenVerifier`)."""
+
+    def verify(self, token: str) -> Principal: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the routes need, built once per process by `jitbroker.runtime`."""
+
+    settings: Settings
+    grants: GrantService
+    verifier: Verifier
+
+
+# -- request and response models: the OpenAPI document -----------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrantIn(_Strict):
+    """Open a port: `vm` is a name (unique in the broker's scopes, or narrowed) or a full resource id."""
+
+    vm: str = Field(min_length=1, max_length=400, examples=["web-01"])
+    resource_group: str | None = Field(default=None, min_length=1, max_length=90)
+    subscription: str | None = Field(default=None, min_length=1, max_length=64)
+    port: int | None = Field(default=None, ge=1, le=65535, examples=[22])
+    protocol: str | None = Field(default=None, min_length=1, max_length=16, examples=["ssh"])
+    duration: StrictStr | StrictInt | None = Field(
+        default=None, examples=["PT30M", "30m", 1800], description="ISO 8601, 30m/2h/90s, or seconds"
+    )
+    source: str | None = Field(default=None, min_length=1, max_length=64, examples=["203.0.113.10/32"])
+    justification: str | None = Field(default=None, max_length=500)
+
+
+class ExtendIn(_Strict):
+    """Push the expiry to now + duration, never past the policy's maximum total."""
+
+    duration: StrictStr | StrictInt = Field(examples=["PT30M", "30m", 1800])
+
+
+class RuleOut(BaseModel):
+    """One broker-owned NSG rule carrying this grant's source."""
+
+    nsg_id: str
+    rule_name: str
+    priority: int
+
+
+class ConnectOut(BaseModel):
+    """Where to connect."""
+
+    host: str | None
+    public_ip: str | None
+    fqdn: str | None
+    private_ip: str | None
+    username: str | None
+    os: str | None
+
+
+class GrantOut(BaseModel):
+    """A grant, as every grant route returns it."""
+
+    id: str
+    status: GrantStatus
+    principal: str
+    principal_name: str
+    vm: str
+    vm_id: str
+    port: int
+    protocol: str
+    source: str
+    created_at: str
+    updated_at: str
+    expires_at: str
+    justification: str | None
+    reason: str | None
+    nsg_rules: list[RuleOut]
+    connect: ConnectOut | None
+    warnings: list[str]
+
+    @classmethod
+    def of(cls, grant: Grant) -> GrantOut:
+        """The wire form of a domain grant."""
+        connect = grant.connect
+        return cls(
+            id=grant.id,
+            status=grant.status,
+            principal=grant.principal,
+            principal_name=grant.principal_name,
+            vm=grant.vm_name,
+            vm_id=grant.vm_id,
+            port=grant.port,
+            protocol=grant.protocol,
+            source=grant.source,
+            created_at=_iso(grant.created_at),
+            updated_at=_iso(grant.updated_at),
+            expires_at=_iso(grant.expires_at),
+            justification=grant.justification,
+            reason=grant.reason,
+            nsg_rules=[
+                RuleOut(nsg_id=r.nsg_id, rule_name=r.rule_name, priority=r.priority) for r in grant.nsg_rules
+            ],
+            connect=ConnectOut(**vars(connect)) if connect else None,
+            warnings=list(grant.warnings),
+        )
+
+
+class GrantList(BaseModel):
+    """`GET /api/v1/grants`."""
+
+    grants: list[GrantOut]
+
+
+class VmOut(BaseModel):
+    """A VM the caller may request."""
+
+    name: str
+    id: str
+    subscription: str
+    resource_group: str
+    ports: list[int]
+    power_state: str
+    os: str
+    max_duration: str
+    justification_required: bool
+
+    @classmethod
+    def of(cls, vm: VmSummary) -> VmOut:
+        """The wire form of a VM summary."""
+        return cls(
+            name=vm.name,
+            id=vm.vm_id,
+            subscription=vm.subscription,
+            resource_group=vm.resource_group,
+            ports=list(vm.ports),
+            power_state=vm.power_state,
+            os=vm.os,
+            max_duration=format_duration(vm.max_duration),
+            justification_required=vm.justification_required,
+        )
+
+
+class VmList(BaseModel):
+    """`GET /api/v1/vms`."""
+
+    vms: list[VmOut]
+
+
+class WhoAmI(BaseModel):
+    """Who the broker thinks you are, and the address it sees."""
+
+    principal: str
+    name: str | None
+    upn: str | None
+    tenant_id: str
+    roles: list[str]
+    is_admin: bool
+    address: str | None
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape."""
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """`{"error": {"code", "message"}}` with the matching status."""
+
+    error: ErrorBody
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# -- the app -----------------------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 502, 503)
+}
+_grant_id = PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+_bearer = HTTPBearer(
+    auto_error=False, description="An Entra ID access token for the broker's app registration"
+)
+
+
+def create_app(services: Services | Callable[[], Services]) -> FastAPI:
+    """The broker's ASGI app; `services` may be a factory so a process builds them on first use."""
+    provide: Callable[[], Services] = services if callable(services) else (lambda: services)
+    app = FastAPI(
+        title="jit-broker",
+        version=API_VERSION,
+        summary="Just-in-time network access to Azure VMs",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        responses=_ERRORS,
+    )
+    _install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+
+    def authenticate(request: Request, _: Annotated[Any, Depends(_bearer)] = None) -> Principal:
+        """The verified caller; every route but health depends on it."""
+        token = bearer_token(request.headers.get("authorization"))
+        return provide().verifier.verify(token)
+
+    Caller = Annotated[Principal, Depends(authenticate)]
+
+    def address(request: Request) -> Any:
+        peer = request.client.host if request.client else None
+        return caller_address(request.headers, peer, provide().settings.client_address_from)
+
+    @app.get("/api/health", response_model=Health, tags=["meta"])
+    def health() -> Health:
+        """Liveness; no auth, no secrets, no calls to Azure."""
+        return Health(status="ok")
+
+    @app.post("/api/v1/grants", response_model=GrantOut, status_code=201, tags=["grants"])
+    def request_grant(body: GrantIn, principal: Caller, request: Request) -> JSONResponse:
+        """Open a port for the caller (201), or extend the caller's open grant for the same thing (200)."""
+        ask = GrantRequest(
+            vm=body.vm,
+            resource_group=body.resource_group,
+            subscription=body.subscription,
+            port=body.port,
+            protocol=body.protocol,
+            duration=None if body.duration is None else parse_duration(body.duration),
+            source=body.source,
+            justification=body.justification,
+        )
+        grant, created = provide().grants.request(principal, address(request), ask)
+        return JSONResponse(GrantOut.of(grant).model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.get("/api/v1/grants", response_model=GrantList, tags=["grants"])
+    def list_grants(
+        principal: Caller,
+        all_grants: Annotated[
+            bool, Query(alias="all", description="every principal's grants (admins)")
+        ] = False,
+        status: GrantStatus | None = None,
+        vm: Annotated[str | None, Query(max_length=400)] = None,
+    ) -> GrantList:
+        """The caller's grants; `all=true` for admins; filtered by status and VM name or id."""
+        grants = provide().grants.list_grants(principal, all_grants=all_grants, status=status, vm=vm)
+        return GrantList(grants=[GrantOut.of(g) for g in grants])
+
+    @app.get("/api/v1/grants/{grant_id}", response_model=GrantOut, tags=["grants"])
+    def get_grant(grant_id: Annotated[str, _grant_id], principal: Caller) -> GrantOut:
+        """One grant (its owner or an admin)."""
+        return GrantOut.of(provide().grants.get(principal, grant_id))
+
+    @app.delete("/api/v1/grants/{grant_id}", response_model=GrantOut, tags=["grants"])
+    def revoke_grant(grant_id: Annotated[str, _grant_id], principal: Caller) -> GrantOut:
+        """Revoke (owner or admin); revoking an ended grant returns it unchanged."""
+        return GrantOut.of(provide().grants.revoke(principal, grant_id))
+
+    @app.post("/api/v1/grants/{grant_id}/extend", response_model=GrantOut, tags=["grants"])
+    def extend_grant(grant_id: Annotated[str, _grant_id], body: ExtendIn, principal: Caller) -> GrantOut:
+        """Extend an open grant, never past the policy's maximum total."""
+        duration = parse_duration(body.duration)
+        return GrantOut.of(provide().grants.extend(principal, grant_id, duration))
+
+    @app.get("/api/v1/vms", response_model=VmList, tags=["vms"])
+    def list_vms(principal: Caller) -> VmList:
+        """The VMs the caller may request, with ports, power state and OS."""
+        return VmList(vms=[VmOut.of(vm) for vm in provide().grants.vms(principal)])
+
+    @app.get("/api/v1/whoami", response_model=WhoAmI, tags=["meta"])
+    def whoami(principal: Caller, request: Request) -> WhoAmI:
+        """The principal, roles and the address the broker sees for the caller."""
+        try:
+            seen: str | None = str(address(request))
+        except JitError:
+            seen = None
+        settings = provide().settings
+        return WhoAmI(
+            principal=principal.oid,
+            name=principal.name,
+            upn=principal.upn,
+            tenant_id=principal.tenant_id,
+            roles=sorted(principal.roles),
+            is_admin=settings.admin_role in principal.roles,
+            address=seen,
+        )
+
+    return app
+
+
+# -- errors: mapped to JSON in exactly one place -----------------------------------------------------------
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape every failure leaves the broker in."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_jit_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, JitError)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticated) else None
+        if exc.status >= 500:
+            log.warning("request failed: %s: %s", exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "invalid_request", "the request body is not valid JSON")
+        return error_response(422, "invalid_request", "; ".join(_describe(e) for e in errors[:5]))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        messages = {404: "no such route", 405: "method not allowed on this route"}
+        code = codes.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        message = messages.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, code, message, dict(exc.headers or {}) or None)
+
+    async def on_anything(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "the broker failed unexpectedly; nothing was opened")
+
+    app.add_exception_handler(JitError, on_jit_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_anything)
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+    if error.get("type") == "extra_forbidden":
+        return f"unknown field {location!r}"
+    if error.get("type") == "missing":
+        return f"{location or 'body'}: required"
+    return f"{location or 'body'}: {error.get('msg', 'invalid')}"
+
+
+class BodySizeLimit:
+    """Refuses request bodies over `limit` bytes with 413, whether or not Content-Length announces them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body up front (it is small by contract), then replay it to the app."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        too_large = error_response(
+            413, "payload_too_large", f"request bodies are limited to {self._limit} bytes"
+        )
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self._limit):
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self._app(scope, _replay([], message), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self._app(scope, _replay(chunks, None), send)
+
+
+def _replay(chunks: list[bytes], final: Message | None) -> Receive:
+    body = b"".join(chunks)
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            if final is not None:
+                return final
+            return {"type": "http.request", "body": body, "more_body": False}
+        # After the body, a receive only waits for the client to go away.
+        return {"type": "http.disconnect"}
+
+    return receive
