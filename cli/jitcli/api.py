@@ -1,0 +1,245 @@
+"""The broker's HTTP API (docs/api.md) over `requests`: clear errors, a `--verbose` trace without secrets."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+from jitcli.errors import BrokerError, BrokerUnreachable
+from jitcli.models import Grant
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    import requests
+
+    from jitcli.auth import TokenProvider
+
+#: The broker's error code for "you came over IPv6 but the VM is reachable over IPv4 only" (DESIGN §5):
+#: the CLI then repeats the request over IPv4 so the broker sees the address that can actually connect.
+IPV4_RETRY_CODES = frozenset({"ipv4_required", "address_family_mismatch"})
+_TIMEOUT_S = (10.0, 90.0)  # connect, read: granting writes NSG rules, which can take a while in Azure
+
+
+class Answer:
+    """A successful response: its JSON body and the server's clock at the time (from the Date header)."""
+
+    def __init__(self, status: int, body: dict[str, Any], server_time: datetime | None) -> None:
+        self.status = status
+        self.body = body
+        self.server_time = server_time
+
+
+class BrokerClient:
+    """Calls the broker with a bearer token; BrokerError / BrokerUnreachable carry the broker's words."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        verbose: bool = False,
+        trace: TextIO | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._tokens = tokens
+        self._verbose = verbose
+        self._trace = trace or sys.stderr
+        self._session: requests.Session | None = None
+        self._ipv4_only = False
+
+    # -- the API ---------------------------------------------------------------------------------------------
+
+    def create_grant(self, request: dict[str, Any]) -> tuple[Grant, Answer]:
+        """Open a port (201 new, 200 existing grant extended); retried over IPv4 when the broker says so."""
+        body = {k: v for k, v in request.items() if v is not None}
+        try:
+            answer = self.call("POST", "/api/v1/grants", body)
+        except BrokerError as exc:
+            if exc.code not in IPV4_RETRY_CODES or self._ipv4_only:
+                raise
+            self._ipv4_only = True
+            self._session = None
+            self._say(f"* the broker needs an IPv4 source ({exc.message}); retrying over IPv4")
+            answer = self.call("POST", "/api/v1/grants", body)
+        return Grant.from_json(answer.body), answer
+
+    def list_grants(self, *, all_principals: bool = False, status: str | None = None) -> list[dict[str, Any]]:
+        """My grants (everyone's with `all_principals`, admins only)."""
+        params = {"all": "true"} if all_principals else {}
+        if status:
+            params["status"] = status
+        grants = self.call("GET", "/api/v1/grants", params=params).body.get("grants", [])
+        return list(grants)
+
+    def get_grant(self, grant_id: str) -> Grant:
+        """One grant by id."""
+        return Grant.from_json(self.call("GET", f"/api/v1/grants/{_quote(grant_id)}").body)
+
+    def revoke(self, grant_id: str) -> dict[str, Any]:
+        """Revoke a grant (idempotent); returns the grant with status `revoked`."""
+        return self.call("DELETE", f"/api/v1/grants/{_quote(grant_id)}").body
+
+    def extend(self, grant_id: str, duration: str | None) -> tuple[Grant, Answer]:
+        """Extend a grant, within the policy's maximum total."""
+        body = {"duration": duration} if duration is not None else {}
+        answer = self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/extend", body)
+        return Grant.from_json(answer.body), answer
+
+    def vms(self) -> list[dict[str, Any]]:
+        """VMs the caller may request."""
+        return list(self.call("GET", "/api/v1/vms").body.get("vms", []))
+
+    def whoami(self) -> dict[str, Any]:
+        """Principal, roles and the address the broker sees."""
+        return self.call("GET", "/api/v1/whoami").body
+
+    # -- transport -----------------------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, str] | None = None,
+    ) -> Answer:
+        """One authenticated request; the JSON answer, or the broker's error raised as BrokerError."""
+        import requests
+
+        url = self.base_url + path
+        headers = {"Authorization": f"Bearer {self._tokens.token()}", "Accept": "application/json"}
+        self._trace_request(method, url, params, body)
+        started = time.monotonic()
+        try:
+            response = self._http().request(
+                method, url, json=body, params=params, headers=headers, timeout=_TIMEOUT_S
+            )
+        except requests.exceptions.SSLError as exc:
+            raise BrokerUnreachable(
+                f"TLS to the broker at {self.base_url} failed: {exc}",
+                hint="if you use a private CA, point REQUESTS_CA_BUNDLE at its bundle",
+            ) from exc
+        except requests.RequestException as exc:
+            raise BrokerUnreachable(
+                f"cannot reach the broker at {self.base_url}: {_reason(exc)}",
+                hint="check broker_url (`jit config get broker_url`) and your network",
+            ) from exc
+        self._trace_response(response, time.monotonic() - started)
+        payload = _json_body(response)
+        if response.status_code >= 400:
+            raise _broker_error(response.status_code, payload, response.reason)
+        if not isinstance(payload, dict):
+            raise BrokerError(
+                response.status_code,
+                "bad_response",
+                f"the broker answered {method} {path} without a JSON object",
+            )
+        return Answer(response.status_code, payload, _server_time(response.headers.get("Date")))
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            import requests
+
+            session = requests.Session()
+            if self._ipv4_only:
+                adapter = _ipv4_adapter()
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+            self._session = session
+        return self._session
+
+    # -- trace ---------------------------------------------------------------------------------------------
+
+    def _say(self, line: str) -> None:
+        if self._verbose:
+            print(line, file=self._trace, flush=True)
+
+    def _trace_request(self, method: str, url: str, params: dict[str, str] | None, body: object) -> None:
+        if not self._verbose:
+            return
+        query = "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+        self._say(f"> {method} {url}{query}")
+        self._say("> Authorization: Bearer [redacted]")
+        if body is not None:
+            self._say(f"> {json.dumps(body)}")
+
+    def _trace_response(self, response: requests.Response, elapsed: float) -> None:
+        if not self._verbose:
+            return
+        self._say(f"< {response.status_code} {response.reason} ({elapsed * 1000:.0f} ms)")
+        for name in ("Date", "Content-Type", "Retry-After", "x-ms-request-id", "x-request-id"):
+            if name in response.headers:
+                self._say(f"< {name}: {response.headers[name]}")
+        text = response.text
+        self._say(f"< {text[:2000]}{'…' if len(text) > 2000 else ''}")
+
+
+def _broker_error(status: int, payload: object, reason: str) -> BrokerError:
+    """The broker's `{"error": {"code", "message"}}` as an exception; the status line when it is not that."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        code = str(error.get("code") or f"http_{status}")
+        message = str(error.get("message") or reason)
+    elif isinstance(payload, dict) and "detail" in payload:
+        code, message = f"http_{status}", str(payload["detail"])
+    else:
+        code, message = f"http_{status}", f"HTTP {status} {reason}"
+    hint = None
+    if status == 401:
+        hint = "sign in again (`az login`), and check scope and tenant_id (`jit config get`)"
+    return BrokerError(status, code, message, hint=hint)
+
+
+def _json_body(response: requests.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _server_time(header: str | None) -> datetime | None:
+    if not header:
+        return None
+    try:
+        return parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost useful reason of a requests error (`Connection refused`, not the urllib3 pool repr)."""
+    text = str(exc)
+    for marker in ("] ", "Error("):
+        if marker in text:
+            tail = text.rsplit(marker, 1)[-1].rstrip("')\"")
+            if tail:
+                return tail
+    return text
+
+
+def _quote(part: str) -> str:
+    from urllib.parse import quote
+
+    return quote(part, safe="")
+
+
+def _ipv4_adapter() -> requests.adapters.HTTPAdapter:
+    """An adapter whose sockets bind an IPv4 source, so connections can only be made over IPv4."""
+    from requests.adapters import HTTPAdapter
+
+    class IPv4Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["source_address"] = ("0.0.0.0", 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    return IPv4Adapter()

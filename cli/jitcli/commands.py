@@ -1,0 +1,200 @@
+"""One function per `jit` command: read settings, call the broker, print the result, return the exit code."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from jitcli.api import BrokerClient
+from jitcli.config import KEYS, Settings, set_value
+from jitcli.durations import parse_seconds
+from jitcli.errors import ConfigError
+from jitcli.output import Output, grants_table, key_values, until, vms_table
+
+#: Command-line flags that set a setting (argparse dest -> config key).
+FLAG_KEYS = {
+    "broker": "broker_url",
+    "resource_group": "resource_group",
+    "subscription": "subscription",
+    "duration": "duration",
+    "source": "source",
+    "connect_host": "connect_host",
+    "connect_port": "connect_port",
+    "wait": "wait",
+}
+
+
+class Context:
+    """What every command needs: the parsed arguments, resolved settings, output and (lazily) the broker."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        flags = {key: _str_or_none(getattr(args, dest, None)) for dest, key in FLAG_KEYS.items()}
+        self.settings = Settings(flags)
+        self.out = Output(json_mode=bool(getattr(args, "json", False)))
+        self.verbose = bool(getattr(args, "verbose", False))
+        self._client: BrokerClient | None = None
+
+    @property
+    def client(self) -> BrokerClient:
+        """The broker client, built on first use (so `jit config` never needs a broker or a token)."""
+        if self._client is None:
+            from jitcli.auth import provider_for
+
+            url = self.settings.require("broker_url")
+            if not url.startswith(("https://", "http://")):
+                raise ConfigError(f"broker_url must be an http(s) URL, not {url!r}")
+            self._client = BrokerClient(url, provider_for(self.settings), verbose=self.verbose)
+        return self._client
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int_setting(ctx: Context, name: str) -> int | None:
+    value = ctx.settings.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a port number, not {value!r}") from exc
+
+
+def _seconds_setting(ctx: Context, name: str) -> float:
+    value = ctx.settings.require(name)
+    try:
+        return parse_seconds(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def cmd_session(ctx: Context) -> int:
+    """`jit ssh` / `jit rdp`: the whole connect flow."""
+    from jitcli.connect import SessionRequest, run_session
+
+    a = ctx.args
+    req = SessionRequest(
+        vm=a.vm,
+        protocol=a.command,
+        resource_group=ctx.settings.get("resource_group"),
+        subscription=ctx.settings.get("subscription"),
+        port=a.port,
+        duration=ctx.settings.get("duration"),
+        source=ctx.settings.get("source"),
+        reason=a.reason,
+        user=a.user,
+        extra=tuple(a.extra),
+        connect_host=ctx.settings.get("connect_host"),
+        connect_port=_int_setting(ctx, "connect_port"),
+        wait_s=_seconds_setting(ctx, "wait"),
+        verbose=ctx.verbose,
+    )
+    return run_session(ctx.client, ctx.out, req)
+
+
+def cmd_grant(ctx: Context) -> int:
+    """`jit grant VM --port N`: open only, and say where to connect."""
+    a = ctx.args
+    body: dict[str, Any] = {
+        "vm": a.vm,
+        "port": a.port,
+        "resource_group": ctx.settings.get("resource_group"),
+        "subscription": ctx.settings.get("subscription"),
+        "duration": ctx.settings.get("duration"),
+        "source": ctx.settings.get("source"),
+        "justification": a.reason,
+    }
+    grant, answer = ctx.client.create_grant(body)
+    for warning in grant.warnings:
+        ctx.out.warn(warning)
+    verb = "Extended existing" if answer.status == 200 else "Opened"
+
+    def human() -> str:
+        lines = [
+            f"{verb} grant {grant.id}: port {grant.port} on {grant.vm} for {grant.source}",
+            f"until    {until(grant.expires_at)}",
+            f"connect  {grant.connect.host or '?'}:{grant.port}"
+            + (f" as {grant.connect.username}" if grant.connect.username else ""),
+            f"revoke   jit revoke {grant.id}",
+        ]
+        return "\n".join(lines)
+
+    ctx.out.result(grant.raw, human)
+    return 0
+
+
+def cmd_ls(ctx: Context) -> int:
+    """`jit ls [--all]`: my grants, or everyone's for admins."""
+    grants = ctx.client.list_grants(all_principals=ctx.args.all, status=ctx.args.status)
+    ctx.out.result({"grants": grants}, lambda: grants_table(grants, show_principal=ctx.args.all))
+    return 0
+
+
+def cmd_revoke(ctx: Context) -> int:
+    """`jit revoke ID | --mine`: close grants now."""
+    if ctx.args.mine:
+        ids = [str(g["id"]) for g in ctx.client.list_grants() if g.get("status") in ("active", "pending")]
+    else:
+        ids = [ctx.args.id]
+    revoked = [ctx.client.revoke(grant_id) for grant_id in ids]
+
+    def human() -> str:
+        if not revoked:
+            return "No active grants to revoke."
+        return "\n".join(f"Revoked {g.get('id')}: port {g.get('port')} on {g.get('vm')}" for g in revoked)
+
+    ctx.out.result({"revoked": revoked}, human)
+    return 0
+
+
+def cmd_extend(ctx: Context) -> int:
+    """`jit extend ID [--duration D]`: keep a grant open longer, within policy."""
+    grant, _ = ctx.client.extend(ctx.args.id, ctx.settings.get("duration"))
+    ctx.out.result(grant.raw, lambda: f"Grant {grant.id} now lasts until {until(grant.expires_at)}")
+    return 0
+
+
+def cmd_vms(ctx: Context) -> int:
+    """`jit vms`: the VMs I may ask for."""
+    vms = ctx.client.vms()
+    ctx.out.result({"vms": vms}, lambda: vms_table(vms))
+    return 0
+
+
+def cmd_whoami(ctx: Context) -> int:
+    """`jit whoami`: who the broker thinks I am, my roles, the address it sees."""
+    me = ctx.client.whoami()
+    ctx.out.result(me, lambda: key_values(me))
+    return 0
+
+
+def cmd_config(ctx: Context) -> int:
+    """`jit config get [KEY] | set KEY VALUE | unset KEY | path`."""
+    a, settings = ctx.args, ctx.settings
+    if a.action == "path":
+        ctx.out.result({"path": str(settings.path)}, lambda: str(settings.path))
+        return 0
+    if a.action == "set":
+        set_value(settings.path, a.key, a.value)
+        ctx.out.result({"key": a.key, "value": a.value, "path": str(settings.path)}, lambda: "")
+        return 0
+    if a.action == "unset":
+        set_value(settings.path, a.key, None)
+        ctx.out.result({"key": a.key, "path": str(settings.path)}, lambda: "")
+        return 0
+    names = [a.key] if a.key else list(KEYS)
+    resolved = {name: settings.setting(name) for name in names}
+    if a.key:
+        one = resolved[a.key]
+        ctx.out.result({"key": a.key, "value": one.value, "source": one.source}, lambda: one.value or "")
+        return 0 if one.value is not None else 1
+    data = {name: {"value": s.value, "source": s.source} for name, s in resolved.items()}
+    ctx.out.result(
+        data,
+        lambda: "\n".join(
+            f"{n} = {s.value if s.value is not None else ''}  # {s.source}" for n, s in resolved.items()
+        ),
+    )
+    return 0

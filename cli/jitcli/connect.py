@@ -1,0 +1,169 @@
+"""The connect flow of `jit ssh` / `jit rdp`: grant, wait for the port, run the client, renew, revoke."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from jitcli.api import BrokerClient
+from jitcli.clients import Launch, rdp_launch, ssh_launch
+from jitcli.durations import human_duration
+from jitcli.errors import CliError, ConfigError, PortTimeout
+from jitcli.lease import Lease
+from jitcli.models import Grant
+from jitcli.output import Output, until
+from jitcli.probe import Spinner, wait_for_port
+from jitcli.signals import Interrupted, SignalGuard
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """Everything `jit ssh` / `jit rdp` was asked to do."""
+
+    vm: str
+    protocol: str  # "ssh" or "rdp"
+    resource_group: str | None = None
+    subscription: str | None = None
+    port: int | None = None
+    duration: str | None = None
+    source: str | None = None
+    reason: str | None = None
+    user: str | None = None
+    extra: tuple[str, ...] = ()
+    connect_host: str | None = None
+    connect_port: int | None = None
+    wait_s: float = 120.0
+    verbose: bool = False
+    grant_body: dict[str, Any] = field(default_factory=dict)
+
+    def api_body(self) -> dict[str, Any]:
+        """The `POST /api/v1/grants` body: a port when given, else the protocol's standard port."""
+        body: dict[str, Any] = {
+            "vm": self.vm,
+            "resource_group": self.resource_group,
+            "subscription": self.subscription,
+            "duration": self.duration,
+            "source": self.source,
+            "justification": self.reason,
+        }
+        if self.port is not None:
+            body["port"] = self.port
+        else:
+            body["protocol"] = self.protocol
+        return body
+
+
+def describe_grant(grant: Grant) -> str:
+    """`Opened port 22 on web-01 for 203.0.113.10/32 until … (grant g-…)`."""
+    verb = "Opened" if grant.status in ("active", "pending") else f"Grant {grant.status}:"
+    return (
+        f"{verb} port {grant.port} on {grant.vm} for {grant.source} until {until(grant.expires_at)} "
+        f"(grant {grant.id})"
+    )
+
+
+def unreachable_help(req: SessionRequest, grant: Grant, host: str, port: int) -> str:
+    """Why a granted port may never answer, and how to pass `--source` (DESIGN §5)."""
+    return (
+        f"The grant lets in {grant.source}, the address the broker saw you coming from. Likely causes:\n"
+        "  - a VPN or split tunnel: traffic to the VM leaves from another address than that to the broker\n"
+        "  - carrier-grade NAT or a proxy: your public address changes between connections\n"
+        "  - a deny rule with a higher priority than the broker's, or a firewall on the VM, blocks it\n"
+        f"  - nothing listens on {host}:{port} yet (the VM may still be booting)\n"
+        f"If you know the address the VM will see, pass it: jit {req.protocol} {req.vm} --source <ADDRESS>/32"
+    )
+
+
+def _launch_for(req: SessionRequest, grant: Grant, host: str, port: int) -> Launch:
+    user = req.user or grant.connect.username
+    if req.protocol == "ssh":
+        return ssh_launch(host, port, user, req.extra)
+    return rdp_launch(host, port, user, req.extra)
+
+
+def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
+    """Grant, wait, connect, renew, revoke; the client's exit code (or `jit`'s own when it never ran)."""
+    with SignalGuard() as guard:
+        try:
+            grant, answer = client.create_grant(req.api_body())
+        except Interrupted:
+            out.progress("interrupted; if the grant was made, it expires by itself")
+            return guard.exit_code()
+        out.progress(describe_grant(grant))
+        for warning in grant.warnings:
+            out.warn(warning)
+        lease = Lease(client, grant, answer, req.duration, warn=out.warn, note=_note(out, req.verbose))
+        lease.start()
+        code: int | None = None
+        error: CliError | None = None
+        try:
+            code = _connect(client, out, req, grant, guard)
+        except Interrupted:
+            out.progress("interrupted")
+        except CliError as exc:
+            error = exc
+        finally:
+            lease.stop()
+            revoked = _revoke(client, out, lease.grant)
+        result = {"grant": lease.grant.raw, "renewals": lease.renewals, "revoked": revoked}
+        if error is not None:
+            out.error(error, extra=result)
+            return int(error.exit_code)
+        final = code if code is not None else guard.exit_code()
+        out.result({**result, "exit_code": final}, lambda: "")
+        return final
+
+
+def _note(out: Output, verbose: bool) -> Any:
+    def note(message: str) -> None:
+        if verbose:
+            out.progress(message)
+
+    return note
+
+
+def _connect(client: BrokerClient, out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard) -> int:
+    host = req.connect_host or grant.connect.host
+    port = req.connect_port or grant.port
+    if not host:
+        raise ConfigError(
+            f"the broker gave no address for {grant.vm}",
+            hint="pass --connect-host (a bastion or tunnel address)",
+        )
+    shown = f"{host}:{port}" + (f" (via {host} for {grant.vm})" if req.connect_host else "")
+    spinner = Spinner(f"waiting for {shown} to answer")
+    spinner.start()
+    took = wait_for_port(host, port, req.wait_s, tick=spinner.tick)
+    if took is None:
+        spinner.stop(f"{host}:{port} did not answer within {human_duration(req.wait_s)}")
+        raise PortTimeout(
+            f"port {port} at {host} never answered within {human_duration(req.wait_s)}",
+            hint=unreachable_help(req, grant, host, port),
+        )
+    spinner.stop(f"{host}:{port} answered after {took:.1f}s")
+    launch = _launch_for(req, grant, host, port)
+    out.progress("$ " + " ".join(launch.argv))
+    try:
+        code = guard.run(list(launch.argv))
+        if launch.detached:
+            guard.client_started = False
+            out.progress("Press Enter when the remote desktop session is over, to close the port.")
+            sys.stdin.readline()
+        return code
+    finally:
+        if launch.cleanup is not None:
+            launch.cleanup.unlink(missing_ok=True)
+
+
+def _revoke(client: BrokerClient, out: Output, grant: Grant) -> bool:
+    try:
+        client.revoke(grant.id)
+    except (CliError, Interrupted) as exc:
+        message = exc.message if isinstance(exc, CliError) else "interrupted"
+        out.warn(
+            f"could not revoke grant {grant.id} ({message}); it closes by itself at {until(grant.expires_at)}"
+        )
+        return False
+    out.progress(f"Revoked grant {grant.id}: port {grant.port} on {grant.vm} is closed again")
+    return True

@@ -1,0 +1,65 @@
+"""The broker's answers as the CLI uses them (docs/api.md), keeping the raw JSON for `--json` output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jitcli.durations import parse_time
+
+
+@dataclass(frozen=True)
+class ConnectInfo:
+    """Where to connect once the grant is active, and as whom."""
+
+    host: str | None
+    username: str | None
+    os: str | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any] | None) -> ConnectInfo:
+        """Pick the best address the broker offers: host, then public IP, FQDN, private IP."""
+        body = body or {}
+        host = body.get("host") or body.get("public_ip") or body.get("fqdn") or body.get("private_ip")
+        return cls(host=host, username=body.get("username"), os=body.get("os"))
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A grant: what was opened, for whom, until when."""
+
+    id: str
+    status: str
+    vm: str
+    port: int
+    source: str
+    expires_at: datetime
+    created_at: datetime | None
+    connect: ConnectInfo
+    warnings: tuple[str, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Grant:
+        """A Grant from the broker's JSON (ValueError/KeyError when the shape is not a grant)."""
+        created = body.get("created_at")
+        return cls(
+            id=str(body["id"]),
+            status=str(body.get("status", "")),
+            vm=str(body.get("vm", "")),
+            port=int(body["port"]),
+            source=str(body.get("source", "")),
+            expires_at=parse_time(str(body["expires_at"])),
+            created_at=parse_time(str(created)) if created else None,
+            connect=ConnectInfo.from_json(body.get("connect")),
+            warnings=tuple(_warning_text(w) for w in body.get("warnings") or ()),
+            raw=body,
+        )
+
+
+def _warning_text(warning: object) -> str:
+    """Warnings may be plain strings or `{code, message}` objects; show the message either way."""
+    if isinstance(warning, dict):
+        return str(warning.get("message") or warning.get("code") or warning)
+    return str(warning)

@@ -1,0 +1,118 @@
+"""What `jit` prints: results on stdout (human text, or JSON with `--json`), progress and errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from jitcli.durations import human_duration, parse_time
+from jitcli.errors import CliError
+
+
+class Output:
+    """Routes results, progress and errors: stdout stays machine-readable under `--json`."""
+
+    def __init__(
+        self, *, json_mode: bool, stdout: TextIO | None = None, stderr: TextIO | None = None
+    ) -> None:
+        self.json_mode = json_mode
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+
+    def result(self, data: object, human: Callable[[], str]) -> None:
+        """Print a command's result: `data` as JSON, or the text `human()` renders."""
+        if self.json_mode:
+            print(json.dumps(data, indent=2, sort_keys=True, default=str), file=self.stdout, flush=True)
+        else:
+            text = human()
+            if text:
+                print(text, file=self.stdout, flush=True)
+
+    def progress(self, message: str) -> None:
+        """A progress line on stderr (kept under `--json`, where stdout carries only the result)."""
+        print(message, file=self.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        """A warning on stderr."""
+        print(f"warning: {message}", file=self.stderr, flush=True)
+
+    def error(self, error: CliError, extra: dict[str, Any] | None = None) -> None:
+        """An error: JSON on stdout under `--json` (with `extra` fields), always a readable line on stderr."""
+        if self.json_mode:
+            body = {**error.to_json(), **(extra or {})}
+            print(json.dumps(body, indent=2, sort_keys=True, default=str), file=self.stdout, flush=True)
+        status = getattr(error, "status", None)
+        prefix = f"error ({status} {error.code})" if status else "error"
+        print(f"jit: {prefix}: {error.message}", file=self.stderr, flush=True)
+        if error.hint:
+            print(f"  hint: {error.hint}", file=self.stderr, flush=True)
+
+
+def until(expires_at: str | datetime, now: datetime | None = None) -> str:
+    """`12:34:56Z (in 29m58s)`: the expiry both absolute and relative."""
+    moment = parse_time(expires_at) if isinstance(expires_at, str) else expires_at
+    now = now or datetime.now(UTC)
+    left = (moment - now).total_seconds()
+    relative = f"in {human_duration(left)}" if left > 0 else f"{human_duration(-left)} ago"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%SZ} ({relative})"
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    """A plain aligned text table; `(none)` when there are no rows."""
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(h).upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def grants_table(grants: Sequence[dict[str, Any]], *, show_principal: bool = False) -> str:
+    """`jit ls`: one line per grant."""
+    headers = ["id", "vm", "port", "source", "status", "expires"]
+    if show_principal:
+        headers.insert(1, "principal")
+    rows = []
+    for g in grants:
+        row = [
+            str(g.get("id", "")),
+            str(g.get("vm", "")),
+            str(g.get("port", "")),
+            str(g.get("source", "")),
+            str(g.get("status", "")),
+            until(str(g["expires_at"])) if g.get("expires_at") else "",
+        ]
+        if show_principal:
+            row.insert(1, str(g.get("principal_name") or g.get("principal") or ""))
+        rows.append(row)
+    return table(rows, headers)
+
+
+def vms_table(vms: Sequence[dict[str, Any]]) -> str:
+    """`jit vms`: the VMs the caller may request, with their ports and state."""
+    rows = []
+    for vm in vms:
+        ports = vm.get("ports") or vm.get("allowed_ports") or []
+        rows.append(
+            [
+                str(vm.get("name") or vm.get("vm") or ""),
+                str(vm.get("resource_group") or ""),
+                ",".join(str(p) for p in ports) if isinstance(ports, list) else str(ports),
+                str(vm.get("os") or vm.get("os_type") or ""),
+                str(vm.get("power_state") or vm.get("state") or ""),
+            ]
+        )
+    return table(rows, ["name", "resource group", "ports", "os", "state"])
+
+
+def key_values(data: dict[str, Any]) -> str:
+    """`key: value` lines, lists joined by commas."""
+    width = max((len(k) for k in data), default=0)
+    lines = []
+    for key, value in data.items():
+        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
+        lines.append(f"{key.ljust(width)}  {'' if shown is None else shown}")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Ctrl-C, SIGTERM and SIGHUP during a session: forward to the running client, otherwise unwind to cleanup.
+
+Either way `jit` reaches its `finally` and revokes the grant; only SIGKILL skips that, and then the broker's
+expiry closes the door.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from types import FrameType, TracebackType
+from typing import Any
+
+
+class Interrupted(Exception):
+    """A signal arrived while no client was running; carries the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _session_signals() -> list[signal.Signals]:
+    wanted = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"]
+    return [getattr(signal, name) for name in wanted if hasattr(signal, name)]
+
+
+class SignalGuard:
+    """Installs the session's signal handlers (main thread only) and restores the old ones on exit."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[Any] | None = None
+        self.received: int | None = None
+        self.client_started = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        for sig in _session_signals():
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        child = self.child
+        if child is not None and child.poll() is None:
+            # The client decides how to end (ssh closes its channel); its exit code becomes ours.
+            child.send_signal(signum)
+            return
+        if self.client_started:
+            # The client has ended (or is ending): let the session finish and revoke, keeping its exit code.
+            return
+        raise Interrupted(signum)
+
+    def run(self, argv: list[str]) -> int:
+        """Run the client in the foreground and return its exit code (128 + N when a signal N ended it)."""
+        self.client_started = True
+        self.child = subprocess.Popen(argv)  # noqa: S603 - argv is built by clients.py, never through a shell
+        try:
+            code = self.child.wait()
+        finally:
+            child, self.child = self.child, None
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+        return 128 - code if code < 0 else code
+
+    def exit_code(self) -> int:
+        """128 + the signal that interrupted us, for when no client ran."""
+        return 128 + (self.received or signal.SIGINT)
