@@ -1,0 +1,60 @@
+// Data-plane roles for the broker's identity, each at the narrowest scope that works:
+//   Storage Blob Data Owner       host storage: AzureWebJobsStorage, timer singleton locks (blob leases), and the
+//                                 Flex deployment package container (the docs name Owner for the host).
+//   Storage Table Data Contributor the broker's grants/expiry/audit tables, and the host's diagnostic events table.
+//   Monitoring Metrics Publisher  telemetry into Application Insights, whose local (key) auth is off.
+// No queue role: the broker has no queue trigger, and HTTP + timer hosts need none.
+metadata description = 'Storage and monitoring data roles for the broker identity.'
+
+@description('Storage account the host and the broker use.')
+param storageAccountName string
+
+@description('Application Insights component the app reports to.')
+param applicationInsightsName string
+
+@description('Principal (object) id of the broker\'s managed identity.')
+param principalId string
+
+var roleIds = {
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.storageBlobDataOwner)
+  scope: storage
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataOwner)
+  }
+}
+
+resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.storageTableDataContributor)
+  scope: storage
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageTableDataContributor)
+  }
+}
+
+resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, principalId, roleIds.monitoringMetricsPublisher)
+  scope: applicationInsights
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.monitoringMetricsPublisher)
+  }
+}

@@ -1,0 +1,306 @@
+// jit-broker, deployed by `azd up`: a resource group holding the broker (Flex Consumption function app), its
+// user-assigned identity, an identity-only storage account with the broker's tables, and monitoring; plus a
+// least-privilege custom role for the identity, assigned at the scopes the broker may open ports in.
+targetScope = 'subscription'
+
+metadata description = 'jit-broker: just-in-time network access to Azure VMs.'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; names the resource group and seeds every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region for every resource. Must offer Flex Consumption.')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group name; default rg-<environmentName>.')
+param resourceGroupName string = ''
+
+// --- Who the broker's tokens are for (the app registration from infra/scripts/app-registration.sh) ---
+
+@minLength(36)
+@maxLength(36)
+@description('Client (application) id of the broker\'s Entra ID app registration.')
+param apiClientId string
+
+@description('App ID URI of the app registration; default api://<apiClientId>.')
+param apiAppIdUri string = ''
+
+@description('Tenant that issues the broker\'s tokens; default the subscription\'s tenant.')
+param apiTenantId string = subscription().tenantId
+
+@description('Entra ID authority host (sovereign clouds differ).')
+param authorityHost string = 'https://login.microsoftonline.com'
+
+@description('Token versions the broker accepts; the app registration requests v2 tokens.')
+@allowed([
+  '2'
+  '1'
+  '1,2'
+])
+param tokenVersions string = '2'
+
+@description('App role that may request access for itself.')
+param requesterRole string = 'JIT.Requester'
+
+@description('App role that sees and revokes every grant.')
+param adminRole string = 'JIT.Admin'
+
+@description('Client apps App Service Authentication lets through; default the Azure CLI (jit, az, azd use it).')
+param allowedClientApplications array = [
+  '04b07795-8ddb-461a-bbee-02f9e1bf7b46'
+]
+
+@description('Put App Service Authentication in front of the broker as well (the broker checks every token either way).')
+param enableAppServiceAuth bool = false
+
+// --- Where and how the broker may open ports ---
+
+@description('Comma-separated scopes the broker may open ports in and holds its role at: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name>. Empty: this subscription.')
+param jitScopes string = ''
+
+@minValue(100)
+@maxValue(4096)
+@description('Lowest NSG priority the broker uses; its band must sit above (numerically below) your deny rules.')
+param priorityMin int = 100
+
+@minValue(100)
+@maxValue(4096)
+@description('Highest NSG priority the broker uses.')
+param priorityMax int = 199
+
+@description('Grant duration when the caller names none (ISO 8601).')
+param defaultDuration string = 'PT1H'
+
+@description('Longest single grant or extension (ISO 8601).')
+param maxDuration string = 'PT4H'
+
+@description('Longest a grant may last with all its extensions (ISO 8601).')
+param maxTotalDuration string = 'PT8H'
+
+@minValue(8)
+@maxValue(32)
+@description('Widest IPv4 source prefix a caller may ask for (32 = one address).')
+param maxSourcePrefixV4 int = 32
+
+@minValue(32)
+@maxValue(128)
+@description('Widest IPv6 source prefix a caller may ask for (128 = one address).')
+param maxSourcePrefixV6 int = 128
+
+@minValue(0)
+@maxValue(3600)
+@description('Seconds the broker caches a VM\'s network topology.')
+param topologyCacheSeconds int = 60
+
+@description('Six-field NCRONTAB schedule (UTC) of the sweeper that closes expired grants.')
+param sweepSchedule string = '0 * * * * *'
+
+@minValue(1)
+@maxValue(5000)
+@description('Most grants one sweep handles.')
+param sweepBatch int = 200
+
+@description('Prefix of the broker\'s tables: <prefix>grants, <prefix>expiry, <prefix>audit.')
+@minLength(1)
+@maxLength(20)
+param tablePrefix string = 'jit'
+
+@minValue(1)
+@maxValue(1000)
+@description('Most Flex instances the broker scales to.')
+param maximumInstanceCount int = 40
+
+@description('Spread the broker across availability zones (billed as two always-ready instances per function group).')
+param zoneRedundant bool = false
+
+@description('Storage replication for host state and the broker\'s tables (grants, expiry index, audit trail).')
+@allowed([
+  'Standard_ZRS'
+  'Standard_GZRS'
+  'Standard_RAGZRS'
+  'Standard_LRS'
+])
+param storageSkuName string = 'Standard_ZRS'
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  app: 'jit-broker'
+}
+var functionAppName = 'func-jit-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+var appIdUri = empty(apiAppIdUri) ? 'api://${apiClientId}' : apiAppIdUri
+var requestedScopes = filter(split(jitScopes, ','), s => !empty(s))
+var effectiveScopes = empty(requestedScopes) ? [subscription().id] : requestedScopes
+var subscriptionScopes = filter(effectiveScopes, s => length(split(s, '/')) == 3)
+var resourceGroupScopes = filter(effectiveScopes, s => length(split(s, '/')) == 5)
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
+  location: location
+  tags: tags
+}
+
+module identity 'core/identity/user-assigned-identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-jit-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'core/monitor/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-jit-${resourceToken}'
+    applicationInsightsName: 'appi-jit-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'core/storage/storage-account.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'stjit${resourceToken}'
+    location: location
+    tags: tags
+    skuName: storageSkuName
+    containers: [
+      deploymentContainerName
+    ]
+    tables: [
+      '${tablePrefix}grants'
+      '${tablePrefix}expiry'
+      '${tablePrefix}audit'
+    ]
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    principalId: identity.outputs.principalId
+  }
+}
+
+module plan 'core/host/flex-consumption-plan.bicep' = {
+  name: 'plan'
+  scope: rg
+  params: {
+    name: 'plan-jit-${resourceToken}'
+    location: location
+    tags: tags
+    zoneRedundant: zoneRedundant
+  }
+}
+
+// Every setting the broker reads, named as in local.settings.sample.json. Not set here: FUNCTIONS_WORKER_RUNTIME
+// (Flex takes the runtime from functionAppConfig), AzureWebJobsStorage (identity-based __* settings instead) and
+// JIT_TABLE_CONNECTION_STRING (no keys: the broker reaches its tables by identity through JIT_TABLE_ENDPOINT).
+var brokerSettings = {
+  JIT_AUTHORITY_HOST: authorityHost
+  JIT_TENANT_ID: apiTenantId
+  JIT_API_CLIENT_ID: apiClientId
+  JIT_API_APP_ID_URI: appIdUri
+  JIT_TOKEN_VERSIONS: tokenVersions
+  JIT_REQUESTER_ROLE: requesterRole
+  JIT_ADMIN_ROLE: adminRole
+  JIT_ALLOWED_SCOPES: join(effectiveScopes, ',')
+  JIT_PRIORITY_MIN: string(priorityMin)
+  JIT_PRIORITY_MAX: string(priorityMax)
+  JIT_DEFAULT_DURATION: defaultDuration
+  JIT_MAX_DURATION: maxDuration
+  JIT_MAX_TOTAL_DURATION: maxTotalDuration
+  JIT_MAX_SOURCE_PREFIX_V4: string(maxSourcePrefixV4)
+  JIT_MAX_SOURCE_PREFIX_V6: string(maxSourcePrefixV6)
+  JIT_CLIENT_ADDRESS_FROM: 'x-forwarded-for'
+  JIT_TOPOLOGY_CACHE_SECONDS: string(topologyCacheSeconds)
+  JIT_ARM_ENDPOINT: 'https://management.azure.com'
+  JIT_TABLE_ENDPOINT: 'https://${storage.outputs.name}.table.${environment().suffixes.storage}'
+  JIT_TABLE_PREFIX: tablePrefix
+  AZURE_CLIENT_ID: identity.outputs.clientId
+  JIT_SWEEP_SCHEDULE: sweepSchedule
+  JIT_SWEEP_BATCH: string(sweepBatch)
+}
+
+module broker 'app/broker.bicep' = {
+  name: 'broker'
+  scope: rg
+  dependsOn: [
+    rbac
+  ]
+  params: {
+    name: functionAppName
+    location: location
+    tags: tags
+    planId: plan.outputs.id
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
+    maximumInstanceCount: maximumInstanceCount
+    brokerSettings: brokerSettings
+    enableAppServiceAuth: enableAppServiceAuth
+    tenantId: apiTenantId
+    authorityHost: authorityHost
+    apiClientId: apiClientId
+    apiAppIdUri: appIdUri
+    allowedClientApplications: allowedClientApplications
+  }
+}
+
+module brokerRole 'app/broker-role.bicep' = {
+  name: 'broker-role'
+  params: {
+    roleName: 'jit-broker NSG rule operator (${environmentName}-${resourceToken})'
+    assignableScopes: effectiveScopes
+  }
+}
+
+module subscriptionAssignments 'app/broker-role-assignment-subscription.bicep' = [
+  for scope in subscriptionScopes: {
+    name: 'broker-role-${uniqueString(scope)}'
+    scope: subscription(split(scope, '/')[2])
+    params: {
+      roleDefinitionId: brokerRole.outputs.id
+      principalId: identity.outputs.principalId
+    }
+  }
+]
+
+module resourceGroupAssignments 'app/broker-role-assignment-resource-group.bicep' = [
+  for scope in resourceGroupScopes: {
+    name: 'broker-role-${uniqueString(scope)}'
+    scope: resourceGroup(split(scope, '/')[2], split(scope, '/')[4])
+    params: {
+      roleDefinitionId: brokerRole.outputs.id
+      principalId: identity.outputs.principalId
+    }
+  }
+]
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = apiTenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_NAME string = broker.outputs.name
+output JIT_BROKER_URL string = 'https://${broker.outputs.defaultHostName}'
+output JIT_API_APP_ID_URI string = appIdUri
+output JIT_ALLOWED_SCOPES string = join(effectiveScopes, ',')
+output JIT_BROKER_PRINCIPAL_ID string = identity.outputs.principalId
+output JIT_BROKER_ROLE_ID string = brokerRole.outputs.id
