@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from jitcli.clients import rdp_launch, ssh_launch
 from jitcli.errors import ClientMissing
 

@@ -1,11 +1,10 @@
-"""Settings precedence: flags > JIT_* environment > config file > defaults, and the file `jit config` writes."""
+"""Settings precedence: flags > JIT_* environment > config file > defaults; the file `jit config` writes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from jitcli.config import KEYS, Settings, config_path, read_file, set_value
 from jitcli.errors import ConfigError
 

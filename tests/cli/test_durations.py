@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
 from jitcli.durations import human_duration, parse_seconds, parse_time
 
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from jitcli.main import _split_extra, build_parser, main
 
 

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-
 from jitcli.probe import port_answers, wait_for_port
 
 
