@@ -74,7 +74,7 @@ class WriterPort(Protocol):
     ) -> NsgRuleRef | None: ...
 
 
-WarningsFn = Callable[[VmTopology, int, str], list[str]]
+WarningsFn = Callable[[VmTopology, int, str, str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class GrantService:
         if existing is not None:
             return self._extend(existing, duration, now), False
 
-        warnings = tuple(self._warnings(vm, port, private_ip)) if self._warnings else ()
+        warnings = self._warnings_for(vm, port, private_ip, str(source))
         grant = Grant(
             id=self._new_id(),
             principal=principal.oid,
@@ -247,6 +247,16 @@ class GrantService:
         active = self._transition(grant, status=GrantStatus.ACTIVE, nsg_rules=tuple(refs))
         self._audit("granted", active, principal, detail=",".join(r.rule_name for r in refs))
         return active, True
+
+    def _warnings_for(self, vm: VmTopology, port: int, private_ip: str, source: str) -> tuple[str, ...]:
+        """Why the grant may be pointless or useless; never a reason to fail the grant."""
+        if self._warnings is None:
+            return ()
+        try:
+            return tuple(self._warnings(vm, port, private_ip, source))
+        except Exception:
+            log.warning("could not analyse the NSGs of %s for warnings", vm.name, exc_info=True)
+            return ()
 
     def _find_vm(self, ask: GrantRequest) -> VmTopology:
         """The VM named by id, by subscription + resource group + name, or by a name unique in the scopes."""

@@ -1,0 +1,117 @@
+"""Wiring: everything the broker needs, built once per process from `Settings.from_env()`, on first use.
+
+`app` is the ASGI app uvicorn and `function_app.py` serve; `run_sweep()` is the timer's body. Building is lazy
+so that importing this module (the Functions host indexing `function_app.py`) reads no settings and opens no
+connection, and a timer-only instance never builds the HTTP side's verifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from jitbroker import rules
+from jitbroker.api import Services, create_app
+from jitbroker.config import Settings
+from jitbroker.grants import GrantService
+from jitbroker.identity import TokenVerifier
+from jitbroker.model import VmTopology
+from jitbroker.sweeper import Sweeper, SweepReport
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """The broker's clock in production."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The whole broker of one process: HTTP services and the sweeper, sharing adapters and caches."""
+
+    services: Services
+    sweeper: Sweeper
+
+
+def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Broker:
+    """Build every part from settings; `clock` is injectable so tests can sweep at a chosen time."""
+    from jitbroker.clients import AzureClients
+    from jitbroker.network import NsgWriter
+    from jitbroker.store import GrantStore
+    from jitbroker.topology import TopologyReader
+
+    now = clock
+    clients = AzureClients(
+        arm_endpoint=settings.arm_endpoint,
+        table_endpoint=settings.table_endpoint,
+        table_connection_string=settings.table_connection_string,
+        managed_identity_client_id=settings.azure_client_id,
+        poll_interval=settings.arm_poll_seconds,
+    )
+    topology = TopologyReader(clients, cache_seconds=settings.topology_cache_seconds, clock=now)
+    band = (settings.priority_min, settings.priority_max)
+    writer = NsgWriter(
+        clients,
+        band=band,
+        lro_timeout=settings.arm_timeout_seconds,
+        poll_interval=settings.arm_poll_seconds,
+        clock=now,
+    )
+    store = GrantStore(clients.table_service(), prefix=settings.table_prefix, clock=now)
+    store.ensure_tables()
+
+    def warnings(vm: VmTopology, port: int, private_ip: str, source: str) -> list[str]:
+        found: list[str] = []
+        for nsg_id in vm.nsg_ids:
+            view = topology.nsg(nsg_id)
+            found.extend(
+                rules.exposure_warnings(
+                    view.get("rules", ()), port=port, private_ip=private_ip, band=band, source=source
+                )
+            )
+        return list(dict.fromkeys(found))
+
+    grants = GrantService(
+        settings=settings, store=store, topology=topology, writer=writer, clock=now, warnings=warnings
+    )
+    verifier = TokenVerifier(
+        authority_host=settings.authority_host,
+        tenant_id=settings.tenant_id,
+        api_client_id=settings.api_client_id,
+        app_id_uri=settings.app_id_uri,
+        token_versions=settings.token_versions,
+    )
+    sweeper = Sweeper(
+        grants=grants,
+        store=store,
+        writer=writer,
+        clock=now,
+        batch=settings.sweep_batch,
+        pending_grace=settings.pending_grace,
+    )
+    return Broker(services=Services(settings=settings, grants=grants, verifier=verifier), sweeper=sweeper)
+
+
+_lock = threading.Lock()
+_broker: Broker | None = None
+
+
+def broker() -> Broker:
+    """This process's broker, built from the environment the first time it is needed."""
+    global _broker  # noqa: PLW0603 - one broker per process is the point
+    with _lock:
+        if _broker is None:
+            _broker = build(Settings.from_env())
+        return _broker
+
+
+def run_sweep() -> SweepReport:
+    """The timer's body: one bounded sweep."""
+    return broker().sweeper.run()
+
+
+app = create_app(lambda: broker().services)
