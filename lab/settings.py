@@ -1,0 +1,81 @@
+"""The app settings a broker needs to run against a lab: the same names as in Azure, with the lab's values.
+
+The broker is configured, never switched: these are the names of `local.settings.sample.json` plus the
+environment the platform provides in Azure Functions (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`) and the CA trust
+the lab needs (`REQUESTS_CA_BUNDLE`, `SSL_CERT_FILE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from lab.issuer import LAB_BROKER_IDENTITY
+from lab.scenario import Scenario
+
+DEMO_SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
+DEMO_ALLOWED_SCOPES = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/rg-jit-demo"
+
+
+def broker_settings(
+    scenario: Scenario,
+    *,
+    issuer_url: str,
+    arm_url: str,
+    table_connection_string: str,
+    ca_bundle: Path | str,
+    identity_endpoint: str,
+    identity_header: str,
+    managed_identity_client_id: str = LAB_BROKER_IDENTITY.client_id,
+    allowed_scopes: str = DEMO_ALLOWED_SCOPES,
+    token_versions: str = "2",  # noqa: S107 - versions, not a secret
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment for a broker process in this lab; `overrides` replace or add names last."""
+    tenant = scenario.tenant
+    settings = {
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "AzureWebJobsStorage": table_connection_string,
+        "JIT_AUTHORITY_HOST": issuer_url.rstrip("/"),
+        "JIT_TENANT_ID": tenant.tenant_id,
+        "JIT_API_CLIENT_ID": tenant.api_client_id,
+        "JIT_API_APP_ID_URI": tenant.app_id_uri,
+        "JIT_TOKEN_VERSIONS": token_versions,
+        "JIT_REQUESTER_ROLE": "JIT.Requester",
+        "JIT_ADMIN_ROLE": "JIT.Admin",
+        "JIT_ALLOWED_SCOPES": allowed_scopes,
+        "JIT_PRIORITY_MIN": "100",
+        "JIT_PRIORITY_MAX": "199",
+        "JIT_DEFAULT_DURATION": "PT1H",
+        "JIT_MAX_DURATION": "PT4H",
+        "JIT_MAX_TOTAL_DURATION": "PT8H",
+        "JIT_MAX_SOURCE_PREFIX_V4": "32",
+        "JIT_MAX_SOURCE_PREFIX_V6": "128",
+        # uvicorn sees the caller's socket; in Azure the platform's X-Forwarded-For is used instead.
+        "JIT_CLIENT_ADDRESS_FROM": "peer",
+        "JIT_TOPOLOGY_CACHE_SECONDS": "60",
+        "JIT_ARM_ENDPOINT": arm_url.rstrip("/"),
+        "JIT_TABLE_CONNECTION_STRING": table_connection_string,
+        "JIT_TABLE_PREFIX": "jit",
+        "AZURE_CLIENT_ID": managed_identity_client_id,
+        "JIT_SWEEP_SCHEDULE": "0 * * * * *",
+        "JIT_SWEEP_BATCH": "200",
+        # What Azure Functions provides to a managed-identity app, served by the lab's token issuer.
+        "IDENTITY_ENDPOINT": identity_endpoint,
+        "IDENTITY_HEADER": identity_header,
+        "REQUESTS_CA_BUNDLE": str(ca_bundle),
+        "SSL_CERT_FILE": str(ca_bundle),
+    }
+    settings.update(overrides or {})
+    return settings
+
+
+def redacted(settings: Mapping[str, str]) -> dict[str, str]:
+    """The settings with the lab's one secret (the managed-identity header) masked, for printing.
+
+    Azurite's account key stays: it is the public development key, the same on every machine.
+    """
+    masked = dict(settings)
+    if masked.get("IDENTITY_HEADER"):
+        masked["IDENTITY_HEADER"] = "***"
+    return masked
