@@ -49,6 +49,7 @@ class GrantStorePort(Protocol):
     def open_for_vm_port(self, vm_id: str, port: int) -> list[Grant]: ...
     def find_open(self, principal: str, vm_id: str, port: int, source: str) -> Grant | None: ...
     def record(self, event: AuditEvent) -> None: ...
+    def note_nsgs(self, nsg_ids: Iterable[str]) -> None: ...
 
 
 class TopologyPort(Protocol):
@@ -240,6 +241,7 @@ class GrantService:
         grant = self._store.create(grant)
         self._audit("requested", grant, principal, detail=justification)
         try:
+            self._store.note_nsgs(vm.nsg_ids)  # before any rule, so a crash leaves the sweeper a trail
             refs = self._sync(grant, vm.nsg_ids)
         except Exception as err:
             self._fail(grant, vm.nsg_ids, err)
