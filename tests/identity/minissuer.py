@@ -1,0 +1,280 @@
+"""A tiny OpenID Connect issuer over real HTTPS for the identity tests: discovery, a rotatable JWKS, and a
+request log, so tests can count exactly how often the verifier goes to the issuer.
+
+It is deliberately separate from `lab/issuer.py` (the lab's full Entra stand-in): these tests need to sign
+arbitrary, deliberately broken tokens and to count and fail requests: test machinery, not lab behaviour.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from jwt.algorithms import RSAAlgorithm
+
+TENANT = "7d3c2f6e-0a1b-4c5d-8e9f-0123456789ab"
+OTHER_TENANT = "0ddba11e-0000-4000-8000-00000000beef"
+CLIENT_ID = "0b8f5c4e-6d7a-4b3c-9e2f-a1b2c3d4e5f6"
+APP_ID_URI = "api://jit-broker-test"
+OTHER_APP_ID = "0a0a0a0a-1111-4222-8333-444444444444"
+ALICE_OID = "a11ce000-0000-4000-8000-000000000001"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throw-away CA bundle and the server certificate it signed for 127.0.0.1."""
+
+    ca_bundle: Path
+    certfile: Path
+    keyfile: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A fresh CA and a 127.0.0.1 server certificate, written as PEM files."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jit-broker identity test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca_bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return files
+
+
+_KEY_POOL: list[rsa.RSAPrivateKey] = []
+
+
+def _pooled_key(index: int) -> rsa.RSAPrivateKey:
+    """The index-th of a few RSA keys generated once per test session (key generation is the slow part)."""
+    while len(_KEY_POOL) <= index:
+        _KEY_POOL.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _KEY_POOL[index]
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_json(value: Any) -> str:
+    return b64url(json.dumps(value, separators=(",", ":")).encode())
+
+
+@dataclass
+class MiniIssuer:
+    """HTTPS issuer on 127.0.0.1 serving `/{tenant}/v2.0/.well-known/openid-configuration` and its JWKS."""
+
+    tls: TlsFiles
+    tenant: str = TENANT
+    keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
+    published: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    failing: bool = False
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def v2_issuer(self) -> str:
+        return f"{self.url}/{self.tenant}/v2.0"
+
+    @property
+    def metadata_path(self) -> str:
+        return f"/{self.tenant}/v2.0/.well-known/openid-configuration"
+
+    @property
+    def jwks_path(self) -> str:
+        return f"/{self.tenant}/discovery/v2.0/keys"
+
+    def count(self, path: str) -> int:
+        """How many GETs of `path` the issuer has answered (or failed) so far."""
+        with self._lock:
+            return sum(1 for p in self.requests if p == path)
+
+    def add_key(self, *, publish: bool = True) -> str:
+        """A new RSA signing key; published in the JWKS unless told otherwise. Returns its kid."""
+        kid = uuid.uuid4().hex
+        self.keys[kid] = _pooled_key(len(self.keys))
+        if publish:
+            self.published.append(kid)
+        return kid
+
+    def retire(self, kid: str) -> None:
+        """Stop publishing `kid` (tokens it signed stop verifying once verifiers refresh)."""
+        self.published.remove(kid)
+
+    @property
+    def current_kid(self) -> str:
+        return self.published[-1]
+
+    def sign(
+        self, claims: dict[str, Any], *, kid: str | None = None, headers: dict[str, Any] | None = None
+    ) -> str:
+        """An RS256 token over `claims` with the given (default: newest published) key."""
+        kid = kid or self.current_kid
+        return jwt.encode(claims, self.keys[kid], algorithm="RS256", headers={"kid": kid, **(headers or {})})
+
+    def public_pem(self, kid: str) -> bytes:
+        return (
+            self.keys[kid]
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+
+    def hs256_with_public_key(self, claims: dict[str, Any]) -> str:
+        """The classic key-confusion forgery: HMAC-SHA256 keyed with the issuer's public key PEM."""
+        kid = self.current_kid
+        signing_input = f"{b64url_json({'alg': 'HS256', 'typ': 'JWT', 'kid': kid})}.{b64url_json(claims)}"
+        mac = hmac.new(self.public_pem(kid), signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{b64url(mac)}"
+
+    def jwks(self) -> dict[str, Any]:
+        entries = []
+        for kid in self.published:
+            jwk = RSAAlgorithm.to_jwk(self.keys[kid].public_key(), as_dict=True)
+            entries.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+        return {"keys": entries}
+
+    def _answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self.requests.append(path)
+        if self.failing:
+            return 500, {"error": "temporarily_unavailable"}
+        if path == self.metadata_path:
+            return 200, {
+                "issuer": self.v2_issuer,
+                "jwks_uri": f"{self.url}{self.jwks_path}",
+                "token_endpoint": f"{self.url}/{self.tenant}/oauth2/v2.0/token",
+            }
+        if path == self.jwks_path:
+            return 200, self.jwks()
+        return 404, {"error": "not_found"}
+
+    def start(self) -> MiniIssuer:
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = issuer._answer(self.path)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.tls.certfile, self.tls.keyfile)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="mini-issuer", daemon=True
+        ).start()
+        if not self.published:
+            self.add_key()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @contextmanager
+    def running(self) -> Iterator[MiniIssuer]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+
+class FakeClock:
+    """A controllable UTC clock (the verifier's `clock`): tests move time instead of sleeping."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self.now = start or dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.now.timestamp())
