@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import certifi
 import jwt
 import pytest
 import requests
@@ -11,6 +12,8 @@ import requests
 from lab.issuer import AZURE_CLI_CLIENT_ID, TokenIssuer
 from lab.scenario import Scenario
 from lab.tls import LabCA
+
+API_SCOPE = "api://jit-broker-lab/.default"  # the demo scenario's app ID URI
 
 
 def verify(issuer: TokenIssuer, token: str, *, audience: str, iss: str) -> dict[str, Any]:
@@ -49,7 +52,7 @@ def test_v1_discovery_document_names_the_v1_issuer(issuer, scenario):
 
 def test_a_client_that_does_not_trust_the_lab_ca_cannot_connect(issuer):
     with pytest.raises(requests.exceptions.SSLError):
-        requests.get(issuer.discovery_url, timeout=5, verify=requests.certs.where())
+        requests.get(issuer.discovery_url, timeout=5, verify=certifi.where())
 
 
 def test_unknown_tenant_gets_an_entra_error(issuer):
@@ -134,9 +137,7 @@ def sign_in(issuer: TokenIssuer, scenario: Scenario, **form: str) -> requests.Re
 
 def test_token_endpoint_signs_in_a_scenario_user_by_name_or_upn(issuer, scenario):
     for username in ("alice", "alice@contoso.test"):
-        response = sign_in(
-            issuer, scenario, grant_type="password", username=username, scope="api://jit-broker-lab/.default"
-        )
+        response = sign_in(issuer, scenario, grant_type="password", username=username, scope=API_SCOPE)
 
         assert response.status_code == 200
         body = response.json()
