@@ -79,7 +79,7 @@ class TokenVerifier:
         v1_issuer: str | None = None,
         leeway_seconds: int = 60,
         jwks_cache_seconds: int = 3600,
-        refresh_cooldown_seconds: int = 30,
+        refresh_cooldown_seconds: int = 5,
         clock: Clock | None = None,
     ) -> None:
         authority = authority_host.rstrip("/")
