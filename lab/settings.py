@@ -54,12 +54,18 @@ def broker_settings(
         # uvicorn sees the caller's socket; in Azure the platform's X-Forwarded-For is used instead.
         "JIT_CLIENT_ADDRESS_FROM": "peer",
         "JIT_TOPOLOGY_CACHE_SECONDS": "60",
+        # The emulator answers on loopback: poll its long-running operations briskly.
+        "JIT_ARM_POLL_SECONDS": "0.2",
+        "JIT_ARM_TIMEOUT_SECONDS": "120",
         "JIT_ARM_ENDPOINT": arm_url.rstrip("/"),
+        # Azurite takes the connection string (shared key); the endpoint form is Azure's identity-based one.
+        "JIT_TABLE_ENDPOINT": "",
         "JIT_TABLE_CONNECTION_STRING": table_connection_string,
         "JIT_TABLE_PREFIX": "jit",
         "AZURE_CLIENT_ID": managed_identity_client_id,
         "JIT_SWEEP_SCHEDULE": "0 * * * * *",
         "JIT_SWEEP_BATCH": "200",
+        "JIT_PENDING_GRACE": "PT2M",
         # What Azure Functions provides to a managed-identity app, served by the lab's token issuer.
         "IDENTITY_ENDPOINT": identity_endpoint,
         "IDENTITY_HEADER": identity_header,
