@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from jitbroker.config import Settings
+from lab.scenario import Scenario
 from lab.settings import DEMO_ALLOWED_SCOPES, broker_settings, redacted
 
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM_AND_TRUST = {"IDENTITY_ENDPOINT", "IDENTITY_HEADER", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"}
 
 
-def lab_settings(scenario, **overrides):
+def lab_settings(scenario: Scenario, **overrides: Any) -> dict[str, str]:
     return broker_settings(
         scenario,
         issuer_url="https://127.0.0.1:4001/",
