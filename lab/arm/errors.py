@@ -1,0 +1,183 @@
+"""ARM's error responses: one exception carrying status, code, message and headers, and the ones we raise.
+
+Codes and messages follow what Azure Resource Manager and the Network resource provider send
+(`/work/shared/reference/arm-nsg-and-defender-jit.md` §2.6 and public error logs). Where no verbatim text was
+found, the function says "assumed" in its docstring."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ArmError(Exception):
+    """An ARM error response: `{"error": {"code", "message", "details"}}` with an HTTP status and headers."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body ARM sends for this error."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def missing_token() -> ArmError:
+    """No Authorization header at all."""
+    return ArmError(
+        401,
+        "AuthenticationFailed",
+        "Authentication failed. The 'Authorization' header is missing.",
+        headers={
+            "WWW-Authenticate": _challenge(
+                "The authentication failed because of missing 'Authorization' header."
+            )
+        },
+    )
+
+
+def malformed_authorization() -> ArmError:
+    """An Authorization header that is not `Bearer <token>`."""
+    return ArmError(
+        401,
+        "AuthenticationFailed",
+        "Authentication failed. The 'Authorization' header is provided in an invalid format.",
+        headers={
+            "WWW-Authenticate": _challenge("The 'Authorization' header is provided in an invalid format.")
+        },
+    )
+
+
+def invalid_token() -> ArmError:
+    """A bearer token the configured validator rejected."""
+    return ArmError(
+        401,
+        "InvalidAuthenticationToken",
+        "The access token is invalid.",
+        headers={"WWW-Authenticate": _challenge("The access token is invalid.")},
+    )
+
+
+def _challenge(description: str) -> str:
+    # error="invalid_token" (not insufficient_claims) so azure-core's bearer policy does not treat it as a CAE
+    # challenge and simply surfaces the 401.
+    return (
+        'Bearer authorization_uri="https://login.microsoftonline.com/", error="invalid_token", '
+        f'error_description="{description}"'
+    )
+
+
+def missing_api_version() -> ArmError:
+    """A request without `?api-version=`."""
+    return ArmError(
+        400,
+        "MissingApiVersionParameter",
+        "The api-version query parameter (?api-version=) is required for all requests.",
+    )
+
+
+def invalid_api_version(value: str) -> ArmError:
+    """An `api-version` that is not a date version (`YYYY-MM-DD` with an optional `-preview` style suffix)."""
+    return ArmError(
+        400,
+        "InvalidApiVersionParameter",
+        f"The api-version '{value}' is invalid. The supported versions are '2026-04-01,2026-03-01,2024-07-01,"
+        "2024-05-01'.",
+    )
+
+
+def resource_group_not_found(rg: str) -> ArmError:
+    """The resource group in the path does not exist."""
+    return ArmError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+
+
+def resource_not_found(provider_type: str, name: str, rg: str) -> ArmError:
+    """A top-level resource (VM, NIC, NSG, …) that does not exist: ARM's own wording."""
+    return ArmError(
+        404,
+        "ResourceNotFound",
+        f"The Resource '{provider_type}/{name}' under resource group '{rg}' was not found. For more details "
+        "please go to https://aka.ms/ARMResourceNotFoundFix",
+    )
+
+
+def child_not_found(resource_id: str) -> ArmError:
+    """A child resource (security rule, subnet) that does not exist: NRP's wording (assumed)."""
+    return ArmError(404, "NotFound", f"Resource {resource_id} not found.", details=[])
+
+
+def no_route(method: str, url: str) -> ArmError:
+    """A path the emulator does not serve (ARM answers an unknown route this way)."""
+    return ArmError(
+        404,
+        "NotFound",
+        f"No HTTP resource was found that matches the request URI '{url}'. ({method})",
+        details=[],
+    )
+
+
+def another_operation_in_progress(status_url: str) -> ArmError:
+    """A write while another operation on the same NSG is still running."""
+    return ArmError(
+        409,
+        "AnotherOperationInProgress",
+        "Another operation on this or dependent resource is in progress. To retrieve status of the "
+        "operation use "
+        f"uri: {status_url}.",
+        details=[],
+    )
+
+
+def precondition_failed(given: str, current: str) -> ArmError:
+    """`If-Match` did not match the resource's etag (NRP's exact body is not documented: assumed)."""
+    return ArmError(
+        412,
+        "PreconditionFailed",
+        f"Precondition failed. The etag provided in the if-match header {given} does not match etag "
+        f"{current} of "
+        "resource.",
+        details=[],
+    )
+
+
+def throttled(kind: str, subscription: str, retry_after_s: int) -> ArmError:
+    """The subscription's request budget for `kind` (read/write/delete) is spent."""
+    return ArmError(
+        429,
+        "SubscriptionRequestsThrottled",
+        f"Number of '{kind}' requests for subscription '{subscription}' actor 'jit-broker' exceeded. "
+        "Please try "
+        f"again after '{retry_after_s}' seconds after the first request.",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def invalid_request_format(detail: str) -> ArmError:
+    """A body that is not JSON or does not fit the schema (missing, mistyped or unknown-enum fields)."""
+    return ArmError(
+        400,
+        "InvalidRequestFormat",
+        "Cannot parse the request.",
+        details=[{"code": "InvalidJson", "message": detail}],
+    )
+
+
+def injected(status: int, code: str, message: str | None, retry_after: int | None) -> ArmError:
+    """A failure a test asked for through `/_lab/faults`."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return ArmError(status, code, message or f"Injected by the lab: {code}.", headers=headers, details=[])
