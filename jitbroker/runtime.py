@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from jitbroker import rules
 from jitbroker.api import Services, create_app
@@ -20,6 +21,11 @@ from jitbroker.grants import GrantService
 from jitbroker.identity import TokenVerifier
 from jitbroker.model import VmTopology
 from jitbroker.sweeper import Sweeper, SweepReport
+
+if TYPE_CHECKING:
+    from jitbroker.network import NsgWriter
+    from jitbroker.store import GrantStore
+    from jitbroker.topology import TopologyReader
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,9 @@ class Broker:
 
     services: Services
     sweeper: Sweeper
+    store: GrantStore
+    topology: TopologyReader
+    writer: NsgWriter
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Broker:
@@ -93,7 +102,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         batch=settings.sweep_batch,
         pending_grace=settings.pending_grace,
     )
-    return Broker(services=Services(settings=settings, grants=grants, verifier=verifier), sweeper=sweeper)
+    services = Services(settings=settings, grants=grants, verifier=verifier)
+    return Broker(services=services, sweeper=sweeper, store=store, topology=topology, writer=writer)
 
 
 _lock = threading.Lock()
