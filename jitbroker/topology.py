@@ -82,7 +82,7 @@ class TopologyReader:
         return sorted(result, key=lambda t: (t.resource_group.lower(), t.name.lower()))
 
     def nsg(self, nsg_id: str, *, fresh: bool = False) -> dict[str, Any]:
-        """The NSG as JSON-ish data (`id`, `name`, `location`, `rules`, `default_rules`); cached unless fresh."""
+        """The NSG as data: `id`, `name`, `location`, `rules`, `default_rules` (cached unless `fresh`)."""
         key = nsg_id.lower()
         if not fresh:
             view: dict[str, Any] | None = self._cached(self._nsgs, key)
