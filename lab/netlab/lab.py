@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from lab.netlab import netns
 from lab.netlab.netns import NetlabError, in_netns, run, socket_in
@@ -55,6 +55,9 @@ from lab.netlab.topology import (
     build_topology,
 )
 from lab.scenario import Scenario
+
+if TYPE_CHECKING:
+    from lab.arm import ArmEmulator
 
 HOST_LINK = "jl-host"
 CALLER_BRIDGE = "jlb-callers"
@@ -186,6 +189,8 @@ class NetLab:
         """The emulator's callback: keep the NSG's new state, re-render every VM whose path includes it."""
         key = nsg_id.lower()
         with self._lock:
+            if not self._started:
+                return  # the emulator outlives this lab and keeps calling
             if self._changed_since_attach is not None:
                 self._changed_since_attach.add(key)
             self._store(key, nsg_json)
@@ -214,6 +219,10 @@ class NetLab:
         self.sync(snapshot())
         with self._lock:
             self._changed_since_attach = None
+
+    def follow(self, emulator: ArmEmulator) -> None:
+        """`attach` to an in-process ARM emulator, taking its current NSGs as the first snapshot."""
+        self.attach(emulator, emulator.service.all_nsgs)
 
     def ruleset(self, vm: str) -> str:
         """The nftables ruleset in force inside a VM's namespace right now (for logs and debugging)."""
@@ -310,6 +319,21 @@ class NetLab:
             sock.close()
             return None
         return sock
+
+    def probe(self, caller: str, host: str, port: int, timeout: float = 2.0) -> str:
+        """What a caller sees of host:port: "open", "refused" (let through, nothing listens) or "filtered"."""
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        sock = socket_in(self.topology.caller(caller).namespace, family)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError:
+            return "filtered"
+        finally:
+            sock.close()
+        return "open"
 
     def tcp_reachable(self, caller: str, host: str, port: int, timeout: float = 2.0) -> bool:
         """Whether a caller completes a TCP handshake with host:port within `timeout` seconds."""
