@@ -48,6 +48,9 @@ sys.exit(code)
 '''
 
 
+RUN_TIMEOUT_S = 90
+
+
 def jit_command() -> list[str]:
     """The installed `jit` console script next to this Python, else `python -m jitcli.main`."""
     script = Path(sys.executable).parent / "jit"
@@ -81,16 +84,14 @@ class Jit:
         env = {**self.env, "JIT_LAB_USER": user, **extra}
         return {k: v for k, v in env.items() if v is not None}
 
-    def run(
-        self, *args: str, user: str = "alice", timeout: float = 60, **extra: str
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, user: str = "alice", **extra: str) -> subprocess.CompletedProcess[str]:
         """Run `jit ARGS` to completion."""
         return subprocess.run(
             [*jit_command(), *args],
             env=self.environ(user, extra),
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=RUN_TIMEOUT_S,
             check=False,
         )
 
