@@ -1,0 +1,142 @@
+"""The broker's custom role holds exactly the ARM actions the broker performs: no more, no fewer.
+
+The set is derived, not remembered: a real broker (uvicorn) and its real sweeper run a whole grant lifecycle
+against the ARM emulator, whose request log names the RBAC action behind every request. If the code starts
+calling something new, or stops calling something, this test names the difference to put in
+infra/app/broker-role-actions.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+
+from tests.infra.bicep import INFRA, parse, role_actions
+
+NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+NSG_WRITE = "Microsoft.Network/networkSecurityGroups/write"
+RULE_CHANGES = {
+    "Microsoft.Network/networkSecurityGroups/securityRules/write",
+    "Microsoft.Network/networkSecurityGroups/securityRules/delete",
+}
+# db-01 sits behind its NIC's NSG and its subnet's NSG, so a grant writes two rules.
+VM_WITH_TWO_NSGS = "db-01"
+ALICE_SOURCE = "203.0.113.10/32"
+
+
+# ---------------------------------------------------------------- the role as Bicep declares it
+
+
+def test_bicep_loads_the_role_actions_from_the_one_json_file():
+    tree = parse(INFRA / "app" / "broker-role.bicep")
+    loaded = tree["variables"]["permissions"]["value"]["function"]
+    assert loaded["type"] == "load_json_content"
+    assert loaded["parameters"]["file_path"] == "broker-role-actions.json"
+    permissions = tree["resources"]["brokerRole"]["config"]["properties"]["permissions"][0]
+    assert permissions["actions"]["operator"]["operands"] == {
+        "operand_1": "permissions",
+        "operand_2": "actions",
+    }
+
+
+def test_the_role_has_no_wildcard_no_nsg_write_and_no_data_actions():
+    role = role_actions()
+    assert role["actions"], "the broker needs some actions"
+    assert [a for a in role["actions"] if "*" in a] == []
+    assert NSG_WRITE not in role["actions"]
+    assert role["dataActions"] == [] and role["notActions"] == [] and role["notDataActions"] == []
+    assert len(set(role["actions"])) == len(role["actions"])
+
+
+def test_the_role_only_reads_except_for_security_rule_changes():
+    writes = {a for a in role_actions()["actions"] if not a.endswith("/read")}
+    assert writes == RULE_CHANGES
+
+
+def test_the_identity_holds_no_built_in_network_or_contributor_role():
+    for path in INFRA.rglob("*.bicep"):
+        assert NETWORK_CONTRIBUTOR not in path.read_text(encoding="utf-8"), path
+
+
+# ---------------------------------------------------------------- the role as the broker uses it
+
+
+@pytest.fixture
+def fresh_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
+    """A broker of its own, so no earlier test has warmed its topology cache (a warm cache skips reads)."""
+    try:
+        from lab.broker import BrokerProcess
+    except ImportError as exc:  # pragma: no cover - the lab is built in parallel
+        pytest.skip(f"lab.broker is not available: {exc}")
+    with BrokerProcess(broker_env, sweep_interval=None, log_dir=tmp_path / "broker") as running:
+        yield running
+
+
+def _sweep_as_if_at(moment: datetime, broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run of the production sweeper, with the broker's own settings and identity, at `moment`."""
+    from jitbroker.config import Settings
+    from jitbroker.runtime import build
+
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID"):
+        monkeypatch.setenv(name, broker_env[name])
+    broker = build(Settings.from_env(broker_env), clock=lambda: moment)
+    broker.sweeper.run()
+
+
+def _call(method: str, url: str, token: str, **kwargs: Any) -> dict[str, Any]:
+    response = requests.request(
+        method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs
+    )
+    assert response.status_code < 300, f"{method} {url}: {response.status_code} {response.text}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_the_role_equals_what_a_full_broker_cycle_asks_of_arm(
+    fresh_broker, broker_env, token_for, arm_admin, monkeypatch
+):
+    alice = token_for("alice")
+    arm_admin.clear_requests()
+
+    vms = _call("GET", f"{fresh_broker.url}/api/v1/vms", alice)["vms"]
+    assert any(vm["name"] == VM_WITH_TWO_NSGS for vm in vms)
+
+    first = _call(
+        "POST",
+        f"{fresh_broker.url}/api/v1/grants",
+        alice,
+        json={"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE},
+    )
+    assert len(first["nsg_rules"]) == 2, "db-01 should get a rule in its NIC's NSG and its subnet's NSG"
+    revoked = _call("DELETE", f"{fresh_broker.url}/api/v1/grants/{first['id']}", alice)
+    assert revoked["status"] == "revoked"
+
+    second = _call(
+        "POST",
+        f"{fresh_broker.url}/api/v1/grants",
+        alice,
+        json={"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE, "duration": "5m"},
+    )
+    _sweep_as_if_at(datetime.now(UTC) + timedelta(days=1), broker_env, monkeypatch)
+    assert _call("GET", f"{fresh_broker.url}/api/v1/grants/{second['id']}", alice)["status"] in {
+        "expired",
+        "revoked",
+    }
+
+    log = [entry for entry in arm_admin.requests() if not entry["path"].startswith("/_lab")]
+    unnamed = [f"{e['method']} {e['path']}" for e in log if not e.get("op")]
+    assert unnamed == [], "the emulator could not name the RBAC action of these requests"
+    performed = {entry["op"] for entry in log}
+
+    declared = set(role_actions()["actions"])
+    assert sorted(performed - declared) == [], "the broker calls ARM actions its role does not grant"
+    assert sorted(declared - performed) == [], "the role grants actions the broker never uses"
+
+
+def test_the_deploy_guide_lists_every_action_of_the_role():
+    guide = (INFRA.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert [action for action in role_actions()["actions"] if f"`{action}`" not in guide] == []
