@@ -230,6 +230,16 @@ _bearer = HTTPBearer(
 )
 
 
+def authenticate(request: Request, _: Annotated[Any, Depends(_bearer)] = None) -> Principal:
+    """The verified caller; every route but health depends on it."""
+    token = bearer_token(request.headers.get("authorization"))
+    provide: Callable[[], Services] = request.app.state.services
+    return provide().verifier.verify(token)
+
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+
 def create_app(services: Services | Callable[[], Services]) -> FastAPI:
     """The broker's ASGI app; `services` may be a factory so a process builds them on first use."""
     provide: Callable[[], Services] = services if callable(services) else (lambda: services)
@@ -245,12 +255,7 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
 
-    def authenticate(request: Request, _: Annotated[Any, Depends(_bearer)] = None) -> Principal:
-        """The verified caller; every route but health depends on it."""
-        token = bearer_token(request.headers.get("authorization"))
-        return provide().verifier.verify(token)
-
-    Caller = Annotated[Principal, Depends(authenticate)]
+    app.state.services = provide
 
     def address(request: Request) -> Any:
         peer = request.client.host if request.client else None

@@ -214,7 +214,7 @@ class GrantService:
         policy.require_nsg(vm)
         source = policy.choose_source(caller, ask.source, settings)
         private_ip = policy.choose_private_ip(vm, source)
-        now = self._clock()
+        now = self._clock().replace(microsecond=0)  # whole seconds, as rule names carry them
 
         existing = self._store.find_open(principal.oid, vm.vm_id, port, str(source))
         if existing is not None:
@@ -317,7 +317,7 @@ class GrantService:
             raise InvalidRequest(
                 f"duration {format_duration(duration)} is longer than the maximum {format_duration(limit)}"
             )
-        now = self._clock()
+        now = self._clock().replace(microsecond=0)
         if grant.expires_at <= now:
             raise Conflict(f"grant {grant.id} has expired; request a new one")
         return self._extend(grant, duration, now, strict=True)

@@ -65,10 +65,11 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
     band = (settings.priority_min, settings.priority_max)
     writer = NsgWriter(
         clients,
-        band=band,
+        clock=now,
+        priority_band=band,
         lro_timeout=settings.arm_timeout_seconds,
         poll_interval=settings.arm_poll_seconds,
-        clock=now,
+        topology=topology,
     )
     store = GrantStore(clients.table_service(), prefix=settings.table_prefix, clock=now)
     store.ensure_tables()
