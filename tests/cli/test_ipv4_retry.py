@@ -1,7 +1,7 @@
 """DESIGN §5: a caller who reaches the broker over IPv6 asks for an IPv4-only VM; `jit` retries over IPv4.
 
-The broker listens dual-stack on `::`; the broker's name resolves to ::1 first and 127.0.0.1 second (as a
-hostname with AAAA and A records does), so the first request arrives over IPv6.
+The broker listens on ::1 and on 127.0.0.1; its name resolves to ::1 first and 127.0.0.1 second (as a hostname
+with AAAA and A records does), so the first request arrives over IPv6.
 """
 
 from __future__ import annotations
@@ -27,13 +27,31 @@ class StaticToken:
         return self._token
 
 
+def _port_free_on_both_loopbacks() -> int:
+    for _ in range(20):
+        with socket.socket(socket.AF_INET) as v4:
+            v4.bind(("127.0.0.1", 0))
+            port = int(v4.getsockname()[1])
+            with socket.socket(socket.AF_INET6) as v6:
+                v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    v6.bind(("::1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free on both 127.0.0.1 and ::1")
+
+
 @pytest.fixture(scope="module")
 def dual_stack_broker(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A broker listening on `::` (IPv6 and IPv4); yields its port."""
-    with BrokerProcess(
-        broker_env, host="::", sweep_interval=None, log_dir=tmp_path_factory.mktemp("dual-stack-broker")
-    ) as running:
-        yield running.port
+    """The broker on ::1 and 127.0.0.1 at one port (two instances of one app, as behind one hostname)."""
+    port = _port_free_on_both_loopbacks()
+    logs = tmp_path_factory.mktemp("dual-stack-broker")
+    with (
+        BrokerProcess(broker_env, host="::1", port=port, sweep_interval=None, log_dir=logs / "v6"),
+        BrokerProcess(broker_env, host="127.0.0.1", port=port, sweep_interval=None, log_dir=logs / "v4"),
+    ):
+        yield port
 
 
 @pytest.fixture
