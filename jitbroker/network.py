@@ -270,7 +270,7 @@ class NsgWriter:
             parsed.name,
             plan.name,
             SecurityRule({"properties": plan.arm_properties()}),
-            polling_interval=self._poll_interval,
+            polling=_without_final_get(self._poll_interval),
         )
         self._await(poller, f"writing rule {plan.name}")
 
@@ -307,6 +307,24 @@ class NsgWriter:
     def _nsg_lock(self, nsg_id: str) -> threading.Lock:
         with self._lock:
             return self._nsg_locks.setdefault(nsg_id.lower(), threading.Lock())
+
+
+def _without_final_get(interval: float) -> Any:
+    """ARM polling for a rule PUT that stops at the operation's "Succeeded", skipping the final GET.
+
+    The broker already knows the rule it wrote; the extra read per NSG would double a grant's read cost.
+    """
+    from azure.core.polling.base_polling import LocationPolling, StatusCheckPolling
+    from azure.mgmt.core.polling.arm_polling import ARMPolling, AzureAsyncOperationPolling, BodyContentPolling
+
+    class _StatusOnly(AzureAsyncOperationPolling):  # type: ignore[type-arg]
+        def get_final_get_url(self, pipeline_response: Any) -> str | None:
+            return None
+
+    return ARMPolling(
+        interval,
+        lro_algorithms=[_StatusOnly(), LocationPolling(), BodyContentPolling(), StatusCheckPolling()],
+    )
 
 
 def _require_broker_plan(plan: RulePlan) -> None:

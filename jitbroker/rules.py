@@ -293,6 +293,8 @@ def plan_rule(
     views = [as_rule_view(r) for r in nsg_rules]
     name = rule_name(address, port, expires_at)
     description = describe(vm_name=vm_name, expires_at=expires_at, sources=canonical, grant_ids=grant_ids)
+    if any(v.name.lower() == name.lower() and not is_broker_rule(v) for v in views):
+        raise Conflict(f"the NSG already holds a rule named {name} that jit-broker did not write")
     ours = rules_for_key(views, address, port)
     same = next((v for v in ours if v.name == name), None)
     replaces = tuple(sorted(v.name for v in ours if v.name != name))

@@ -146,7 +146,7 @@ class TopologyReader:
             subscription=parsed.subscription,
             resource_group=parsed.resource_group,
             location=str(vm.location or ""),
-            os_type=str(os_disk.os_type) if os_disk and os_disk.os_type else "",
+            os_type=_text(os_disk.os_type) if os_disk and os_disk.os_type else "",
             admin_username=os_profile.admin_username if os_profile else None,
             power_state=_power_state(vm),
             tags=dict(vm.tags or {}),
@@ -176,7 +176,7 @@ class TopologyReader:
             subnet_id = str(config.subnet.id) if config.subnet is not None and config.subnet.id else None
             if subnet_id is not None:
                 nsgs.extend(self._read_subnet_nsg(subnet_id))
-            version = str(config.private_ip_address_version or "IPv4")
+            version = _text(config.private_ip_address_version or "IPv4")
             addresses.append(
                 NicAddress(
                     private_ip=str(config.private_ip_address),
@@ -256,6 +256,11 @@ def nsg_view(raw: Any) -> dict[str, Any]:
         "rules": [as_rule_view(r).as_dict() for r in rules],
         "default_rules": [as_rule_view(r).as_dict() for r in defaults],
     }
+
+
+def _text(value: Any) -> str:
+    """An SDK enum's wire value (`"Linux"`, not `OperatingSystemTypes.LINUX`), or the string itself."""
+    return str(getattr(value, "value", value))
 
 
 def _power_state(vm: Any) -> str:

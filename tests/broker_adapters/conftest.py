@@ -28,3 +28,32 @@ def adapter_table_connection_string(request: pytest.FixtureRequest) -> Iterator[
 def table_prefix() -> str:
     """A fresh table prefix per test, so tests share one Azurite but never each other's rows."""
     return f"t{next(_tables)}x"
+
+
+SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
+RG = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-jit-demo"
+
+
+def vm_id(name: str) -> str:
+    """The demo scenario's id for VM `name`."""
+    return f"{RG}/providers/Microsoft.Compute/virtualMachines/{name}"
+
+
+def nsg_id(name: str) -> str:
+    """The demo scenario's id for NSG `name`."""
+    return f"{RG}/providers/Microsoft.Network/networkSecurityGroups/{name}"
+
+
+@pytest.fixture
+def clients(arm, arm_admin, identity_env):
+    """Real SDK clients against the emulator, authenticating as the broker's managed identity (lab issuer)."""
+    from jitbroker.clients import AzureClients
+
+    made = AzureClients(
+        arm_endpoint=arm.url,
+        managed_identity_client_id=identity_env["AZURE_CLIENT_ID"],
+        poll_interval=0.05,
+        read_timeout=2.0,
+    )
+    yield made
+    made.close()

@@ -306,6 +306,12 @@ def test_sdk_models_and_flat_views_plan_the_same_as_arm_json():
     assert plan([as_model]).priority == 101
 
 
+def test_a_foreign_rule_holding_the_brokers_name_is_a_conflict_never_an_overwrite():
+    look_alike = arm_rule("jit-192.0.2.4-p22-x20300501T120000Z", 150, description="made by hand")
+    with pytest.raises(Conflict, match="did not write"):
+        plan([look_alike])
+
+
 def test_planning_refuses_an_empty_source_list():
     with pytest.raises(InvalidRequest):
         plan([], sources=())
