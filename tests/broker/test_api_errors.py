@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
 
 @pytest.fixture
 def alice(as_user) -> httpx.Client:
-    return as_user("alice")
+    client: httpx.Client = as_user("alice")
+    return client
 
 
 def assert_error(response: httpx.Response, status: int, code: str, *, mentions: str = "") -> None:
@@ -102,7 +105,7 @@ def test_an_oversize_body_is_413_whether_announced_or_streamed(alice) -> None:
         "payload_too_large",
     )
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         for _ in range(40):
             yield b"x" * 1024
 
