@@ -10,6 +10,7 @@ Every NSG starts with `deny-management-inbound` (22, 3389 from anywhere, priorit
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,69 @@ def test_callers_cannot_reach_private_addresses_directly(net, rules):
 
     assert net.probe("alice", WEB, 22) == "open"
     assert net.probe("alice", "192.0.2.4", 22, CLOSED_WAIT) == "filtered"
+
+
+def test_a_service_bound_to_the_host_address_sees_the_callers_real_address(net):
+    import socket
+
+    from lab.netlab import HOST_V4
+
+    server = socket.socket()
+    server.bind((HOST_V4, 0))
+    server.listen(1)
+    server.settimeout(5)
+    port = server.getsockname()[1]
+    try:
+        client = net.connect("alice", HOST_V4, port)
+        assert client is not None
+        conn, peer = server.accept()
+        conn.close()
+        client.close()
+    finally:
+        server.close()
+
+    assert peer[0] == ALICE
+
+
+def test_every_rule_form_the_renderer_knows_is_accepted_by_nftables(net):
+    forms: list[dict[str, Any]] = [
+        {
+            "protocol": "Udp",
+            "sourceAddressPrefixes": ["203.0.113.0/28", "2001:db8:203::/64"],
+            "destinationPortRange": "53",
+        },
+        {"protocol": "Icmp", "sourceAddressPrefix": "Internet", "destinationPortRange": "*"},
+        {
+            "protocol": "*",
+            "sourceAddressPrefix": "VirtualNetwork",
+            "destinationPortRanges": ["22", "1000-2000"],
+        },
+        {
+            "protocol": "Tcp",
+            "sourcePortRange": "1024-65535",
+            "sourceAddressPrefix": "203.0.113.10",
+            "destinationPortRange": "22",
+        },
+        {"protocol": "Esp", "sourceAddressPrefix": "*", "destinationPortRange": "*"},
+    ]
+    rules = [
+        {
+            "name": f"form-{i}",
+            "properties": {
+                "sourcePortRange": "*",
+                "destinationAddressPrefix": "*",
+                "access": "Allow",
+                "priority": 200 + i,
+                "direction": "Inbound",
+                "sourceAddressPrefix": "*",
+                **form,
+            },
+        }
+        for i, form in enumerate(forms)
+    ]
+    nsg_id = net.topology.vm("web-01").nsg_path[0]
+
+    net.apply_nsg(nsg_id, {"id": nsg_id, "name": "web-01-nsg", "properties": {"securityRules": rules}})
+
+    listed = net.ruleset("web-01")
+    assert all(f'"web-01-nsg/form-{i} {200 + i}"' in listed for i in range(len(forms)))
