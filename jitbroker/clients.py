@@ -25,12 +25,16 @@ _KNOWN_ARM_HOSTS = frozenset(
 
 
 class ClientSettings(Protocol):
-    """The part of `jitbroker.config.Settings` the clients are built from."""
+    """The part of `jitbroker.config.Settings` the clients are built from (read-only: Settings is frozen)."""
 
-    arm_endpoint: str
-    table_endpoint: str | None
-    table_connection_string: str | None
-    azure_client_id: str | None
+    @property
+    def arm_endpoint(self) -> str: ...
+    @property
+    def table_endpoint(self) -> str | None: ...
+    @property
+    def table_connection_string(self) -> str | None: ...
+    @property
+    def azure_client_id(self) -> str | None: ...
 
 
 def arm_scope(arm_endpoint: str) -> str:
