@@ -65,18 +65,36 @@ def test_the_identity_holds_no_built_in_network_or_contributor_role():
 # ---------------------------------------------------------------- the role as the broker uses it
 
 
-@pytest.fixture
-def fresh_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
-    """A broker of its own, so no earlier test has warmed its topology cache (a warm cache skips reads)."""
+def _start_broker(settings: dict[str, str], log_dir) -> Any:
     try:
         from lab.broker import BrokerProcess
     except ImportError as exc:  # pragma: no cover - the lab is built in parallel
         pytest.skip(f"lab.broker is not available: {exc}")
-    with BrokerProcess(broker_env, sweep_interval=None, log_dir=tmp_path / "broker") as running:
+    return BrokerProcess(settings, sweep_interval=None, log_dir=log_dir).start()
+
+
+@pytest.fixture
+def fresh_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
+    """A broker of its own, so no earlier test has warmed its topology cache (a warm cache skips reads)."""
+    running = _start_broker(broker_env, tmp_path / "broker")
+    try:
         yield running
+    finally:
+        running.stop()
 
 
-def _sweep_as_if_at(moment: datetime, broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def other_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
+    """A second broker with its own tables: the rules it writes are orphans to the first broker's sweeper,
+    exactly like rules whose grant record was lost (the sweeper's ownership-checked delete path)."""
+    running = _start_broker({**broker_env, "JIT_TABLE_PREFIX": "jitorphans"}, tmp_path / "other-broker")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _sweep_as_if_at(moment: datetime, broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """One run of the production sweeper, with the broker's own settings and identity, at `moment`."""
     from jitbroker.config import Settings
     from jitbroker.runtime import build
@@ -84,7 +102,7 @@ def _sweep_as_if_at(moment: datetime, broker_env: dict[str, str], monkeypatch: p
     for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID"):
         monkeypatch.setenv(name, broker_env[name])
     broker = build(Settings.from_env(broker_env), clock=lambda: moment)
-    broker.sweeper.run()
+    return broker.sweeper.run()
 
 
 def _call(method: str, url: str, token: str, **kwargs: Any) -> dict[str, Any]:
@@ -96,36 +114,31 @@ def _call(method: str, url: str, token: str, **kwargs: Any) -> dict[str, Any]:
     return body
 
 
-def test_the_role_equals_what_a_full_broker_cycle_asks_of_arm(
-    fresh_broker, broker_env, token_for, arm_admin, monkeypatch
+def test_the_role_equals_what_a_full_broker_cycle_asks_of_arm(  # noqa: PLR0917 - fixtures
+    fresh_broker, other_broker, broker_env, token_for, arm_admin, monkeypatch
 ):
     alice = token_for("alice")
+    ask = {"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE, "duration": "5m"}
     arm_admin.clear_requests()
 
     vms = _call("GET", f"{fresh_broker.url}/api/v1/vms", alice)["vms"]
     assert any(vm["name"] == VM_WITH_TWO_NSGS for vm in vms)
 
-    first = _call(
-        "POST",
-        f"{fresh_broker.url}/api/v1/grants",
-        alice,
-        json={"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE},
-    )
-    assert len(first["nsg_rules"]) == 2, "db-01 should get a rule in its NIC's NSG and its subnet's NSG"
-    revoked = _call("DELETE", f"{fresh_broker.url}/api/v1/grants/{first['id']}", alice)
-    assert revoked["status"] == "revoked"
+    grant = _call("POST", f"{fresh_broker.url}/api/v1/grants", alice, json=ask)
+    assert len(grant["nsg_rules"]) == 2, "db-01 should get a rule in its NIC's NSG and its subnet's NSG"
+    assert _call("DELETE", f"{fresh_broker.url}/api/v1/grants/{grant['id']}", alice)["status"] == "revoked"
 
-    second = _call(
-        "POST",
-        f"{fresh_broker.url}/api/v1/grants",
-        alice,
-        json={"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE, "duration": "5m"},
-    )
-    _sweep_as_if_at(datetime.now(UTC) + timedelta(days=1), broker_env, monkeypatch)
-    assert _call("GET", f"{fresh_broker.url}/api/v1/grants/{second['id']}", alice)["status"] in {
-        "expired",
-        "revoked",
-    }
+    expiring = _call("POST", f"{fresh_broker.url}/api/v1/grants", alice, json=ask)
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    report = _sweep_as_if_at(tomorrow, broker_env, monkeypatch)
+    assert report.errors == [] and report.expired == 1
+    assert _call("GET", f"{fresh_broker.url}/api/v1/grants/{expiring['id']}", alice)["status"] == "expired"
+
+    orphaned = _call("POST", f"{other_broker.url}/api/v1/grants", alice, json=ask)
+    assert len(orphaned["nsg_rules"]) == 2
+    report = _sweep_as_if_at(tomorrow, broker_env, monkeypatch)
+    assert report.errors == []
+    assert report.orphans_removed == 2, "the other broker's rules should have been swept as orphans"
 
     log = [entry for entry in arm_admin.requests() if not entry["path"].startswith("/_lab")]
     unnamed = [f"{e['method']} {e['path']}" for e in log if not e.get("op")]
