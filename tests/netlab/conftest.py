@@ -26,7 +26,7 @@ LAB_VMS = ["web-01", "db-01", "win-01", "v6-01"]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     reason = None
     for item in items:
-        if item.get_closest_marker("netlab") is None or "tests/netlab" not in str(item.fspath):
+        if item.get_closest_marker("netlab") is None or "tests/netlab" not in str(item.path):
             continue
         reason = reason or can_run() or "ok"
         if reason != "ok":
