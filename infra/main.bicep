@@ -107,6 +107,15 @@ param sweepSchedule string = '0 * * * * *'
 @description('Most grants one sweep handles.')
 param sweepBatch int = 200
 
+@description('How long a grant may stay pending (recorded, rules not yet written) before the sweeper undoes it (ISO 8601).')
+param pendingGrace string = 'PT2M'
+
+@description('Seconds between polls of an ARM long-running operation (a rule write or delete).')
+param armPollSeconds string = '1'
+
+@description('Seconds the broker waits for one ARM long-running operation before giving up on it.')
+param armTimeoutSeconds string = '120'
+
 @description('Prefix of the broker\'s tables: <prefix>grants, <prefix>expiry, <prefix>audit.')
 @minLength(1)
 @maxLength(20)
@@ -231,11 +240,14 @@ var brokerSettings = {
   JIT_CLIENT_ADDRESS_FROM: 'x-forwarded-for'
   JIT_TOPOLOGY_CACHE_SECONDS: string(topologyCacheSeconds)
   JIT_ARM_ENDPOINT: 'https://management.azure.com'
+  JIT_ARM_POLL_SECONDS: armPollSeconds
+  JIT_ARM_TIMEOUT_SECONDS: armTimeoutSeconds
   JIT_TABLE_ENDPOINT: 'https://${storage.outputs.name}.table.${environment().suffixes.storage}'
   JIT_TABLE_PREFIX: tablePrefix
   AZURE_CLIENT_ID: identity.outputs.clientId
   JIT_SWEEP_SCHEDULE: sweepSchedule
   JIT_SWEEP_BATCH: string(sweepBatch)
+  JIT_PENDING_GRACE: pendingGrace
 }
 
 module broker 'app/broker.bicep' = {

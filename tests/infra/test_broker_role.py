@@ -8,6 +8,7 @@ infra/app/broker-role-actions.json.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,9 +75,15 @@ def _start_broker(settings: dict[str, str], log_dir) -> Any:
 
 
 @pytest.fixture
-def fresh_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
+def role_env(broker_env: dict[str, str]) -> dict[str, str]:
+    """The lab broker's settings with tables of this test's own, so no other test's grants join the sweep."""
+    return {**broker_env, "JIT_TABLE_PREFIX": f"jitrole{uuid.uuid4().hex[:8]}"}
+
+
+@pytest.fixture
+def fresh_broker(role_env: dict[str, str], tmp_path) -> Iterator[Any]:
     """A broker of its own, so no earlier test has warmed its topology cache (a warm cache skips reads)."""
-    running = _start_broker(broker_env, tmp_path / "broker")
+    running = _start_broker(role_env, tmp_path / "broker")
     try:
         yield running
     finally:
@@ -84,10 +91,12 @@ def fresh_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def other_broker(broker_env: dict[str, str], tmp_path) -> Iterator[Any]:
+def other_broker(role_env: dict[str, str], tmp_path) -> Iterator[Any]:
     """A second broker with its own tables: the rules it writes are orphans to the first broker's sweeper,
     exactly like rules whose grant record was lost (the sweeper's ownership-checked delete path)."""
-    running = _start_broker({**broker_env, "JIT_TABLE_PREFIX": "jitorphans"}, tmp_path / "other-broker")
+    running = _start_broker(
+        {**role_env, "JIT_TABLE_PREFIX": f"jitother{uuid.uuid4().hex[:8]}"}, tmp_path / "other"
+    )
     try:
         yield running
     finally:
@@ -115,7 +124,7 @@ def _call(method: str, url: str, token: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def test_the_role_equals_what_a_full_broker_cycle_asks_of_arm(  # noqa: PLR0917 - fixtures
-    fresh_broker, other_broker, broker_env, token_for, arm_admin, monkeypatch
+    fresh_broker, other_broker, role_env, token_for, arm_admin, monkeypatch
 ):
     alice = token_for("alice")
     ask = {"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE, "duration": "5m"}
@@ -130,13 +139,13 @@ def test_the_role_equals_what_a_full_broker_cycle_asks_of_arm(  # noqa: PLR0917 
 
     expiring = _call("POST", f"{fresh_broker.url}/api/v1/grants", alice, json=ask)
     tomorrow = datetime.now(UTC) + timedelta(days=1)
-    report = _sweep_as_if_at(tomorrow, broker_env, monkeypatch)
+    report = _sweep_as_if_at(tomorrow, role_env, monkeypatch)
     assert report.errors == [] and report.expired == 1
     assert _call("GET", f"{fresh_broker.url}/api/v1/grants/{expiring['id']}", alice)["status"] == "expired"
 
     orphaned = _call("POST", f"{other_broker.url}/api/v1/grants", alice, json=ask)
     assert len(orphaned["nsg_rules"]) == 2
-    report = _sweep_as_if_at(tomorrow, broker_env, monkeypatch)
+    report = _sweep_as_if_at(tomorrow, role_env, monkeypatch)
     assert report.errors == []
     assert report.orphans_removed == 2, "the other broker's rules should have been swept as orphans"
 
