@@ -22,7 +22,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from jitbroker.arm import LroTimeout, arm_call, error_code, parse_id
 from jitbroker.clients import AzureClients
-from jitbroker.errors import InvalidRequest, NotAllowed
+from jitbroker.errors import NotAllowed, NotFound
 from jitbroker.model import NsgRuleRef
 from jitbroker.rules import (
     Band,
@@ -238,7 +238,9 @@ class NsgWriter:
         try:
             return arm_call(attempt, what=f"updating NSG {_short(nsg_id)}", **self._retry)
         except ResourceNotFoundError as err:
-            raise InvalidRequest(f"network security group {nsg_id} does not exist") from err
+            if not wish.sources:
+                return None  # nothing to close in an NSG that is gone
+            raise NotFound(f"network security group {nsg_id} does not exist") from err
 
     def _read(self, nsg_id: str) -> list[RuleView]:
         parsed = parse_id(nsg_id, "networkSecurityGroups")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jitbroker.errors import Conflict, InvalidRequest, NotAllowed, UpstreamError
+from jitbroker.errors import Conflict, InvalidRequest, NotAllowed, NotFound, UpstreamError
 from jitbroker.model import NsgRuleRef
 from jitbroker.network import NsgWriter
 from jitbroker.rules import is_broker_rule, plan_rule, rule_expiry
@@ -315,6 +315,16 @@ def test_delete_rule_never_touches_a_rule_the_broker_did_not_write(writer, clien
     ref = sync(writer, {ALICE}, T0 + timedelta(minutes=1))  # another name: planned around the look-alike
     assert ref is not None and ref.priority != 150
     assert without_etags(rules_of(arm_admin, "web-01-nsg"))[look_alike] == without_etags(before)[look_alike]
+
+
+def test_an_nsg_that_is_gone_has_nothing_to_close_but_cannot_be_opened(writer):
+    gone = nsg_id("no-such-nsg")
+    assert (
+        writer.sync_rule(gone, vm_name="x", private_ip="192.0.2.4", port=22, sources=set(), expires_at=T0)
+        is None
+    )
+    with pytest.raises(NotFound):
+        writer.sync_rule(gone, vm_name="x", private_ip="192.0.2.4", port=22, sources={ALICE}, expires_at=T0)
 
 
 def test_broker_rules_lists_only_the_brokers_rules(writer):
