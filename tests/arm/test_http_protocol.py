@@ -262,3 +262,15 @@ def _wait_until(condition: Any, attempts: int = 200) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition never became true")
+
+
+def test_knobs_and_faults_given_at_construction_come_back_on_reset(demo: Scenario, lab_ca: LabCA) -> None:
+    fault = {"method": "GET", "match": "web-01-nic", "status": 503, "code": "ServerBusy", "count": 5}
+    with ArmEmulator(demo, lab_ca, knobs={"page_size": 2, "lro_ms": 10}, faults=[fault]) as emulator:
+        admin = ArmAdmin(emulator.url, verify=lab_ca.ca_bundle)
+        assert admin.knobs()["page_size"] == 2 and admin.faults()[0]["count"] == 5
+        admin.set_knobs(page_size=7)
+        admin.clear_faults()
+        admin.reset()
+        assert admin.knobs()["page_size"] == 2 and admin.knobs()["lro_ms"] == 10
+        assert admin.faults()[0]["code"] == "ServerBusy"
