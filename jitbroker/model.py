@@ -83,7 +83,7 @@ class NicAddress:
 
 @dataclass(frozen=True)
 class VmTopology:
-    """Where a VM's traffic is filtered and how to reach it: VM -> NICs -> addresses -> NIC NSG + subnet NSGs."""
+    """Where a VM's traffic is filtered and how to reach it: VM -> NICs -> addresses -> NIC + subnet NSGs."""
 
     vm_id: str
     name: str

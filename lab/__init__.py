@@ -1,1 +1,1 @@
-"""Local stand-ins for Azure: ARM emulator, token issuer, Azurite runner, network lab. Never imported by jitbroker."""
+"""Local stand-ins for Azure: ARM emulator, token issuer, Azurite, network lab. Not imported by jitbroker."""
