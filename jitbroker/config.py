@@ -32,6 +32,7 @@ class Settings:
     api_client_id: str
     app_id_uri: str
     token_versions: frozenset[int]
+    v1_issuer: str | None
     requester_role: str
     admin_role: str
 
@@ -68,6 +69,7 @@ class Settings:
             api_client_id=reader.text("JIT_API_CLIENT_ID"),
             app_id_uri=reader.text("JIT_API_APP_ID_URI"),
             token_versions=reader.parse("JIT_TOKEN_VERSIONS", _token_versions, "2"),
+            v1_issuer=reader.optional("JIT_V1_ISSUER"),
             requester_role=reader.text("JIT_REQUESTER_ROLE", "JIT.Requester"),
             admin_role=reader.text("JIT_ADMIN_ROLE", "JIT.Admin"),
             allowed_scopes=reader.parse("JIT_ALLOWED_SCOPES", _scopes),

@@ -94,6 +94,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         api_client_id=settings.api_client_id,
         app_id_uri=settings.app_id_uri,
         token_versions=settings.token_versions,
+        v1_issuer=settings.v1_issuer,
     )
     sweeper = Sweeper(
         grants=grants,

@@ -41,6 +41,8 @@ def broker_settings(
         "JIT_API_CLIENT_ID": tenant.api_client_id,
         "JIT_API_APP_ID_URI": tenant.app_id_uri,
         "JIT_TOKEN_VERSIONS": token_versions,
+        # Entra's v1 issuer is https://sts.windows.net/{tenant}/; the lab's issuer serves its own v1 form.
+        "JIT_V1_ISSUER": f"{issuer_url.rstrip('/')}/{tenant.tenant_id}/",
         "JIT_REQUESTER_ROLE": "JIT.Requester",
         "JIT_ADMIN_ROLE": "JIT.Admin",
         "JIT_ALLOWED_SCOPES": allowed_scopes,
