@@ -46,6 +46,9 @@ param authorityHost string = 'https://login.microsoftonline.com'
 ])
 param tokenVersions string = '2'
 
+@description('Issuer of v1 tokens when tokenVersions allows 1; empty: https://sts.windows.net/<tenant>/.')
+param v1Issuer string = ''
+
 @description('App role that may request access for itself.')
 param requesterRole string = 'JIT.Requester'
 
@@ -227,6 +230,7 @@ var brokerSettings = {
   JIT_API_CLIENT_ID: apiClientId
   JIT_API_APP_ID_URI: appIdUri
   JIT_TOKEN_VERSIONS: tokenVersions
+  JIT_V1_ISSUER: v1Issuer
   JIT_REQUESTER_ROLE: requesterRole
   JIT_ADMIN_ROLE: adminRole
   JIT_ALLOWED_SCOPES: join(effectiveScopes, ',')
@@ -239,7 +243,7 @@ var brokerSettings = {
   JIT_MAX_SOURCE_PREFIX_V6: string(maxSourcePrefixV6)
   JIT_CLIENT_ADDRESS_FROM: 'x-forwarded-for'
   JIT_TOPOLOGY_CACHE_SECONDS: string(topologyCacheSeconds)
-  JIT_ARM_ENDPOINT: 'https://management.azure.com'
+  JIT_ARM_ENDPOINT: environment().resourceManager
   JIT_ARM_POLL_SECONDS: armPollSeconds
   JIT_ARM_TIMEOUT_SECONDS: armTimeoutSeconds
   JIT_TABLE_ENDPOINT: 'https://${storage.outputs.name}.table.${environment().suffixes.storage}'
@@ -286,22 +290,22 @@ module brokerRole 'app/broker-role.bicep' = {
 }
 
 module subscriptionAssignments 'app/broker-role-assignment-subscription.bicep' = [
-  for scope in subscriptionScopes: {
-    name: 'broker-role-${uniqueString(scope)}'
-    scope: subscription(split(scope, '/')[2])
+  for allowedScope in subscriptionScopes: {
+    name: 'broker-role-${uniqueString(allowedScope)}'
+    scope: subscription(split(allowedScope, '/')[2])
     params: {
-      roleDefinitionId: brokerRole.outputs.id
+      roleDefinitionGuid: brokerRole.outputs.roleDefinitionGuid
       principalId: identity.outputs.principalId
     }
   }
 ]
 
 module resourceGroupAssignments 'app/broker-role-assignment-resource-group.bicep' = [
-  for scope in resourceGroupScopes: {
-    name: 'broker-role-${uniqueString(scope)}'
-    scope: resourceGroup(split(scope, '/')[2], split(scope, '/')[4])
+  for allowedScope in resourceGroupScopes: {
+    name: 'broker-role-${uniqueString(allowedScope)}'
+    scope: resourceGroup(split(allowedScope, '/')[2], split(allowedScope, '/')[4])
     params: {
-      roleDefinitionId: brokerRole.outputs.id
+      roleDefinitionGuid: brokerRole.outputs.roleDefinitionGuid
       principalId: identity.outputs.principalId
     }
   }

@@ -3,11 +3,13 @@ targetScope = 'resourceGroup'
 
 metadata description = 'Broker role assignment at resource-group scope.'
 
-@description('Resource id of the broker\'s custom role definition.')
-param roleDefinitionId string
+@description('Name (GUID) of the broker\'s custom role definition; its id is formed in this subscription.')
+param roleDefinitionGuid string
 
 @description('Principal (object) id of the broker\'s managed identity.')
 param principalId string
+
+var roleDefinitionId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitionGuid)
 
 resource assignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(resourceGroup().id, principalId, roleDefinitionId)
