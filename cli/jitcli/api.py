@@ -83,7 +83,7 @@ class BrokerClient:
         """Revoke a grant (idempotent); returns the grant with status `revoked`."""
         return self.call("DELETE", f"/api/v1/grants/{_quote(grant_id)}").body
 
-    def extend(self, grant_id: str, duration: str | None) -> tuple[Grant, Answer]:
+    def extend(self, grant_id: str, duration: str | int | None) -> tuple[Grant, Answer]:
         """Extend a grant, within the policy's maximum total."""
         body = {"duration": duration} if duration is not None else {}
         answer = self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/extend", body)

@@ -11,6 +11,9 @@ from jitcli.durations import parse_seconds
 from jitcli.errors import ConfigError
 from jitcli.output import Output, grants_table, key_values, until, vms_table
 
+#: `jit extend` without --duration (or a duration setting) pushes the expiry to now + this.
+DEFAULT_EXTEND = "1h"
+
 #: Command-line flags that set a setting (argparse dest -> config key).
 FLAG_KEYS = {
     "broker": "broker_url",
@@ -89,7 +92,6 @@ def cmd_session(ctx: Context) -> int:
         connect_host=ctx.settings.get("connect_host"),
         connect_port=_int_setting(ctx, "connect_port"),
         wait_s=_seconds_setting(ctx, "wait"),
-        verbose=ctx.verbose,
     )
     return run_session(ctx.client, ctx.out, req)
 
@@ -151,7 +153,7 @@ def cmd_revoke(ctx: Context) -> int:
 
 def cmd_extend(ctx: Context) -> int:
     """`jit extend ID [--duration D]`: keep a grant open longer, within policy."""
-    grant, _ = ctx.client.extend(ctx.args.id, ctx.settings.get("duration"))
+    grant, _ = ctx.client.extend(ctx.args.id, ctx.settings.get("duration") or DEFAULT_EXTEND)
     ctx.out.result(grant.raw, lambda: f"Grant {grant.id} now lasts until {until(grant.expires_at)}")
     return 0
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from jitcli.api import BrokerClient
+from jitcli.api import Answer, BrokerClient
 from jitcli.clients import Launch, rdp_launch, ssh_launch
 from jitcli.durations import human_duration
 from jitcli.errors import CliError, ConfigError, PortTimeout
-from jitcli.lease import Lease
+from jitcli.lease import Lease, seconds_left
 from jitcli.models import Grant
 from jitcli.output import Output, until
 from jitcli.probe import Spinner, wait_for_port
@@ -34,8 +34,6 @@ class SessionRequest:
     connect_host: str | None = None
     connect_port: int | None = None
     wait_s: float = 120.0
-    verbose: bool = False
-    grant_body: dict[str, Any] = field(default_factory=dict)
 
     def api_body(self) -> dict[str, Any]:
         """The `POST /api/v1/grants` body: a port when given, else the protocol's standard port."""
@@ -86,26 +84,30 @@ def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
     """Grant, wait, connect, renew, revoke; the client's exit code (or `jit`'s own when it never ran)."""
     with SignalGuard() as guard:
         try:
-            grant, answer = client.create_grant(req.api_body())
+            # Ctrl-C while the broker is opening the port must not leave an open grant nobody revokes: the
+            # request finishes first, then the grant is revoked below.
+            with guard.deferred():
+                grant, answer = client.create_grant(req.api_body())
+                out.progress(describe_grant(grant))
+                for warning in grant.warnings:
+                    out.warn(warning)
+                lease = Lease(client, grant, answer, _lease_duration(req, grant, answer), warn=out.warn)
+                lease.start()
         except Interrupted:
-            out.progress("interrupted; if the grant was made, it expires by itself")
+            out.progress("interrupted before the broker answered; a grant it made closes at its expiry")
             return guard.exit_code()
-        out.progress(describe_grant(grant))
-        for warning in grant.warnings:
-            out.warn(warning)
-        lease = Lease(client, grant, answer, req.duration, warn=out.warn, note=_note(out, req.verbose))
-        lease.start()
         code: int | None = None
         error: CliError | None = None
         try:
-            code = _connect(client, out, req, grant, guard)
+            if guard.received is not None:
+                raise Interrupted(guard.received)
+            code = _connect(out, req, grant, guard)
         except Interrupted:
             out.progress("interrupted")
         except CliError as exc:
             error = exc
         finally:
-            lease.stop()
-            revoked = _revoke(client, out, lease.grant)
+            revoked = _end_lease(client, out, lease, guard)
         result = {"grant": lease.grant.raw, "renewals": lease.renewals, "revoked": revoked}
         if error is not None:
             out.error(error, extra=result)
@@ -115,15 +117,27 @@ def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
         return final
 
 
-def _note(out: Output, verbose: bool) -> Any:
-    def note(message: str) -> None:
-        if verbose:
-            out.progress(message)
+def _lease_duration(req: SessionRequest, grant: Grant, answer: Answer) -> str | int:
+    """What each renewal asks for: the duration the user chose, else the grant's length as first given."""
+    if req.duration:
+        return req.duration
+    return max(1, round(seconds_left(grant, answer)))
 
-    return note
+
+def _end_lease(client: BrokerClient, out: Output, lease: Lease, guard: SignalGuard) -> bool:
+    """Stop renewing, then revoke; a second Ctrl-C gives up and leaves the grant to its expiry."""
+    try:
+        with guard.deferred():
+            lease.stop()
+            return _revoke(client, out, lease.grant)
+    except Interrupted:
+        out.warn(
+            f"gave up revoking grant {lease.grant.id}; it closes by itself at {until(lease.grant.expires_at)}"
+        )
+        return False
 
 
-def _connect(client: BrokerClient, out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard) -> int:
+def _connect(out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard) -> int:
     host = req.connect_host or grant.connect.host
     port = req.connect_port or grant.port
     if not host:
@@ -159,8 +173,8 @@ def _connect(client: BrokerClient, out: Output, req: SessionRequest, grant: Gran
 def _revoke(client: BrokerClient, out: Output, grant: Grant) -> bool:
     try:
         client.revoke(grant.id)
-    except (CliError, Interrupted) as exc:
-        message = exc.message if isinstance(exc, CliError) else "interrupted"
+    except CliError as exc:
+        message = exc.message
         out.warn(
             f"could not revoke grant {grant.id} ({message}); it closes by itself at {until(grant.expires_at)}"
         )

@@ -39,7 +39,7 @@ class Lease:
         client: BrokerClient,
         grant: Grant,
         answer: Answer,
-        duration: str | None,
+        duration: str | int | None,
         *,
         warn: Callable[[str], None],
         note: Callable[[str], None] | None = None,

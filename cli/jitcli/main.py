@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     extend = add("extend", "keep a grant open longer (within policy)")
     extend.add_argument("id", metavar="ID", help="the grant's id")
-    extend.add_argument("--duration", metavar="D", help="how much longer (default: the broker's)")
+    extend.add_argument(
+        "--duration", metavar="D", help="new expiry = now + D (default: the duration setting, else 1h)"
+    )
 
     add("vms", "list the VMs you may ask for")
     add("whoami", "show who the broker thinks you are, your roles and address")

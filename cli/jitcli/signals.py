@@ -6,10 +6,22 @@ expiry closes the door.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
+import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
+
+_FORWARD_GRACE_S = 0.5
+
+
+def _forward(child: subprocess.Popen[Any], signum: int) -> None:
+    """Send `signum` to the client unless it has ended meanwhile."""
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
 
 
 class Interrupted(Exception):
@@ -32,6 +44,8 @@ class SignalGuard:
         self.child: subprocess.Popen[Any] | None = None
         self.received: int | None = None
         self.client_started = False
+        self._deferring = False
+        self._deferred = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalGuard:
@@ -50,13 +64,32 @@ class SignalGuard:
             self.received = signum
         child = self.child
         if child is not None and child.poll() is None:
-            # The client decides how to end (ssh closes its channel); its exit code becomes ours.
-            child.send_signal(signum)
+            # The client decides how to end (ssh closes its channel); its exit code becomes ours. A terminal
+            # sends Ctrl-C (and a hangup) to the client too, so pass the signal on only if the client is
+            # still running a moment later: a second signal could cut its own clean exit short.
+            forward = threading.Timer(_FORWARD_GRACE_S, _forward, (child, signum))
+            forward.daemon = True
+            forward.start()
             return
+        if self._deferring:
+            # A step that must not be cut in half (the grant request, starting the lease, revoking): the first
+            # signal waits for it to finish, a second one abandons it.
+            self._deferred += 1
+            if self._deferred < 2:
+                return
         if self.client_started:
             # The client has ended (or is ending): let the session finish and revoke, keeping its exit code.
             return
         raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Let the step finish despite one signal (kept in `received`); a second one raises Interrupted."""
+        self._deferring, self._deferred = True, 0
+        try:
+            yield
+        finally:
+            self._deferring = False
 
     def run(self, argv: list[str]) -> int:
         """Run the client in the foreground and return its exit code (128 + N when a signal N ended it)."""

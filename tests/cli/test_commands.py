@@ -212,15 +212,37 @@ def test_interrupting_a_session_ends_the_client_and_revokes(
     assert "Revoked grant" in err
 
 
-def test_interrupting_before_the_client_runs_revokes_too(
+def test_interrupting_while_waiting_for_the_port_revokes(
     jit: Jit, api: BrokerApi, silent_socket: socket.socket
 ) -> None:
     session = jit.start("ssh", "web-01", *via(silent_socket.getsockname()[1]))
-    wait_until(lambda: api.open_grants("alice", "web-01"), what="the grant")
+    wait_until(
+        lambda: [g for g in api.open_grants("alice", "web-01") if g["status"] == "active"], what="the grant"
+    )
     os.killpg(session.pid, signal.SIGINT)
     code, _, err = end(session)
     assert code == 130, err
     assert jit.recorded() is None
+    assert api.open_grants("alice", "web-01") == []
+
+
+def test_ctrl_c_while_the_broker_is_still_opening_the_port_revokes_once_it_answers(
+    jit: Jit, api: BrokerApi, arm_admin: Any, listening_port: int
+) -> None:
+    arm_admin.set_knobs(latency_ms={"read": 0, "write": 1500, "delete": 0, "poll": 0})
+    try:
+        session = jit.start("ssh", "web-01", *via(listening_port))
+        wait_until(
+            lambda: [g for g in api.open_grants("alice", "web-01") if g["status"] == "pending"],
+            what="the broker to record the grant before writing its rule",
+        )
+        os.killpg(session.pid, signal.SIGINT)
+        code, _, err = end(session)
+    finally:
+        arm_admin.reset()
+    assert code == 130, err
+    assert jit.recorded() is None
+    assert "Revoked grant" in err
     assert api.open_grants("alice", "web-01") == []
 
 
