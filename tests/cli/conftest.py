@@ -96,15 +96,25 @@ class Jit:
         )
 
     def start(self, *args: str, user: str = "alice", **extra: str) -> subprocess.Popen[str]:
-        """Start `jit ARGS` in its own process group (as a terminal would), output captured."""
-        return subprocess.Popen(
-            [*jit_command(), *args],
-            env=self.environ(user, extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        """Start `jit ARGS` in its own process group (as a terminal would); stdout captured, stderr to a file
+        the test can read while `jit` runs (`stderr_so_far()`)."""
+        with self.stderr_path.open("w") as stderr:
+            return subprocess.Popen(
+                [*jit_command(), *args],
+                env=self.environ(user, extra),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                start_new_session=True,
+            )
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.home / "jit-stderr.txt"
+
+    def stderr_so_far(self) -> str:
+        """What the started `jit` has written to stderr until now."""
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
 
     def recorded(self) -> list[str] | None:
         """The stand-in client's argv, once it has run."""
@@ -214,15 +224,15 @@ def silent_socket() -> Iterator[socket.socket]:
         yield sock
 
 
-def end(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
-    """Wait for a started `jit` and return (exit code, stdout, stderr)."""
+def end(process: subprocess.Popen[str], jit: Jit, timeout: float = 60) -> tuple[int, str, str]:
+    """Wait for a `jit` started with `Jit.start` and return (exit code, stdout, stderr)."""
     try:
-        out, err = process.communicate(timeout=timeout)
+        out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"jit did not finish in {timeout}s; stderr:\n{err}")
-    return process.returncode, out, err
+        process.communicate()
+        pytest.fail(f"jit did not finish in {timeout}s; stderr:\n{jit.stderr_so_far()}")
+    return process.returncode, out, jit.stderr_so_far()
 
 
 def without_client(jit: Jit, name: str) -> None:

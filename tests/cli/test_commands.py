@@ -165,7 +165,7 @@ def test_connect_waits_for_a_port_that_starts_answering_after_the_grant(
     wait_until(lambda: api.open_grants("alice", "web-01"), what="the grant")
     assert jit.recorded() is None
     silent_socket.listen()
-    code, _, err = end(session)
+    code, _, err = end(session, jit)
     assert code == 0, err
     assert jit.recorded() == ["ssh", "-p", str(port), "azureuser@127.0.0.1"]
     assert "waiting for 127.0.0.1" in err
@@ -205,7 +205,7 @@ def test_interrupting_a_session_ends_the_client_and_revokes(
         os.killpg(session.pid, sig)
     else:
         session.send_signal(sig)
-    code, _, err = end(session)
+    code, _, err = end(session, jit)
     assert code == 42, err  # the client's exit code
     assert sig.name in jit.signals()
     assert api.open_grants("alice", "web-01") == []
@@ -220,7 +220,7 @@ def test_interrupting_while_waiting_for_the_port_revokes(
         lambda: [g for g in api.open_grants("alice", "web-01") if g["status"] == "active"], what="the grant"
     )
     os.killpg(session.pid, signal.SIGINT)
-    code, _, err = end(session)
+    code, _, err = end(session, jit)
     assert code == 130, err
     assert jit.recorded() is None
     assert api.open_grants("alice", "web-01") == []
@@ -237,7 +237,7 @@ def test_ctrl_c_while_the_broker_is_still_opening_the_port_revokes_once_it_answe
             what="the broker to record the grant before writing its rule",
         )
         os.killpg(session.pid, signal.SIGINT)
-        code, _, err = end(session)
+        code, _, err = end(session, jit)
     finally:
         arm_admin.reset()
     assert code == 130, err
@@ -265,12 +265,28 @@ def test_a_short_grant_is_renewed_for_as_long_as_the_session_lasts(
     assert now["status"] == "active"
     assert datetime.fromisoformat(now["expires_at"]) > datetime.now(UTC)
     jit.end_sessions()
-    code, out, err = end(session)
+    code, out, err = end(session, jit)
     assert code == 0, err
     summary = json.loads(out)
     assert summary["renewals"] >= 3
     assert summary["revoked"] is True
     assert api.grant(grant["id"])["status"] == "revoked"
+
+
+def test_a_refused_renewal_is_reported_without_ending_the_session(
+    jit: Jit, api: BrokerApi, listening_port: int
+) -> None:
+    session = jit.start("ssh", "web-01", *via(listening_port), "--duration", "4s", **jit.hold_sessions())
+    wait_until(jit.recorded, what="the client to start")
+    (grant,) = api.open_grants("alice", "web-01")
+    api.call("DELETE", f"/api/v1/grants/{grant['id']}", "carol")  # an admin closes the door meanwhile
+    wait_until(lambda: "will not renew" in jit.stderr_so_far(), what="the renewal warning")
+    assert session.poll() is None  # the session goes on
+    jit.end_sessions()
+    code, _, err = end(session, jit)
+    assert code == 0, err
+    assert jit.signals() == []
+    assert f"grant {grant['id']} is revoked" in err
 
 
 # -- what goes wrong, said clearly --------------------------------------------------------------------------
