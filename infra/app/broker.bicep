@@ -71,12 +71,12 @@ var storageSuffix = environment().suffixes.storage
 var blobServiceUri = 'https://${storageAccountName}.blob.${storageSuffix}'
 
 // Identity-based host storage: no connection string, no key. __credential/__clientId pick the user-assigned
-// identity; the host builds its blob (state, timer locks) and table (diagnostic events) clients from these URIs.
-// No __queueServiceUri: an HTTP + timer app uses no queues, and the identity holds no queue role.
+// identity; the host builds its blob (state, timer locks), queue and table (diagnostic events) clients from these URIs.
 var hostSettings = {
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   AzureWebJobsStorage__blobServiceUri: blobServiceUri
+  AzureWebJobsStorage__queueServiceUri: 'https://${storageAccountName}.queue.${storageSuffix}'
   AzureWebJobsStorage__tableServiceUri: 'https://${storageAccountName}.table.${storageSuffix}'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'

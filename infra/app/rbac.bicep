@@ -1,9 +1,10 @@
 // Data-plane roles for the broker's identity, each at the narrowest scope that works:
 //   Storage Blob Data Owner       host storage: AzureWebJobsStorage, timer singleton locks (blob leases), and the
 //                                 Flex deployment package container (the docs name Owner for the host).
+//   Storage Queue Data Contributor the host's queue connection (AzureWebJobsStorage__queueServiceUri), which the
+//                                 Functions host expects beside blob; scoped to this one account.
 //   Storage Table Data Contributor the broker's grants/expiry/audit tables, and the host's diagnostic events table.
 //   Monitoring Metrics Publisher  telemetry into Application Insights, whose local (key) auth is off.
-// No queue role: the broker has no queue trigger, and HTTP + timer hosts need none.
 metadata description = 'Storage and monitoring data roles for the broker identity.'
 
 @description('Storage account the host and the broker use.')
@@ -17,6 +18,7 @@ param principalId string
 
 var roleIds = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
@@ -36,6 +38,16 @@ resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataOwner)
+  }
+}
+
+resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.storageQueueDataContributor)
+  scope: storage
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageQueueDataContributor)
   }
 }
 

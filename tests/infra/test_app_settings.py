@@ -71,7 +71,12 @@ def test_the_broker_reaches_its_tables_by_endpoint_and_identity():
 def test_host_storage_is_identity_based_with_the_user_assigned_identity():
     host = _host_settings()
     assert host["AzureWebJobsStorage__credential"] == "managedidentity"
-    assert {"AzureWebJobsStorage__clientId", "AzureWebJobsStorage__blobServiceUri"} <= set(host)
+    assert {
+        "AzureWebJobsStorage__clientId",
+        "AzureWebJobsStorage__blobServiceUri",
+        "AzureWebJobsStorage__queueServiceUri",
+        "AzureWebJobsStorage__tableServiceUri",
+    } <= set(host)
     assert "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" in host
 
 
