@@ -272,6 +272,11 @@ class GrantService:
             )
         else:
             return self._find_vm_by_name(name, ask.resource_group, ask.subscription)
+        if not _is_vm_id(vm_id):
+            raise InvalidRequest(
+                "vm is not a virtual machine: give its name or its resource id "
+                "/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Compute/virtualMachines/<name>"
+            )
         if not policy.in_allowed_scope(vm_id, self._settings.allowed_scopes):
             raise VmNotEligible("that VM is outside the subscriptions and resource groups this broker serves")
         return self._topology.resolve(vm_id)
@@ -484,6 +489,26 @@ class GrantService:
             self._store.record(event)
         except Exception:
             log.exception("could not record audit event %s for grant %s", kind, event.grant_id)
+
+
+def _is_vm_id(vm_id: str) -> bool:
+    """Exactly a VM's id: no `..`, empty or extra segments, no other provider or type riding in front."""
+    parts = vm_id.split("/")
+    fixed = [
+        "",
+        "subscriptions",
+        None,
+        "resourcegroups",
+        None,
+        "providers",
+        "microsoft.compute",
+        "virtualmachines",
+    ]
+    return (
+        len(parts) == len(fixed) + 1
+        and all(want is None or part.lower() == want for part, want in zip(parts, fixed, strict=False))
+        and all(part and part not in (".", "..") for part in parts[1:])
+    )
 
 
 def _nsgs_of(grant: Grant) -> tuple[str, ...]:
