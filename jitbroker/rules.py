@@ -335,14 +335,14 @@ def exposure_warnings(
     """Why a grant may be pointless or useless: an existing broad allow for the port, or a deny that wins.
 
     A deny defeats the grant when it sits at a higher priority (lower number) than the broker's rule
-    (`priority`, else the top of `band`) and matches TCP to this port and address from the grant's source
-    (or from everywhere, when `source` is not given).
+    (`priority`, else the priority its rule has or would take here) and matches TCP to this port and address
+    from the grant's source (or from everywhere, when `source` is not given).
     """
     address = _address(private_ip)
-    ours_at = priority if priority is not None else band[0]
     caller = ipaddress.ip_network(source, strict=False) if source else None
     warnings: list[str] = []
     views = sorted((as_rule_view(r) for r in nsg_rules), key=lambda v: v.priority)
+    ours_at = priority if priority is not None else _planned_priority(views, str(address), port, band)
     for view in views:
         if view.direction.lower() != "inbound" or is_broker_rule(view):
             continue
@@ -361,6 +361,15 @@ def exposure_warnings(
                 f"(priority {ours_at}): the grant will not let traffic in"
             )
     return warnings
+
+
+def _planned_priority(views: list[RuleView], address: str, port: int, band: Band) -> int:
+    """The priority of the broker's rule for this key, else the lowest free one in the band (as plan_rule)."""
+    ours = rules_for_key(views, address, port)
+    if ours:
+        return min(v.priority for v in ours)
+    used = {v.priority for v in views if v.direction.lower() == "inbound"}
+    return next((p for p in range(band[0], band[1] + 1) if p not in used), band[0])
 
 
 def _protocol_covers_tcp(view: RuleView) -> bool:

@@ -77,7 +77,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
     def warnings(vm: VmTopology, port: int, private_ip: str, source: str) -> list[str]:
         found: list[str] = []
         for nsg_id in vm.nsg_ids:
-            view = topology.nsg(nsg_id)
+            view = topology.nsg(nsg_id, fresh=True)  # a deny added a moment ago must be seen
             found.extend(
                 rules.exposure_warnings(
                     view.get("rules", ()), port=port, private_ip=private_ip, band=band, source=source

@@ -353,6 +353,14 @@ def test_rules_that_do_not_touch_the_grant_raise_no_warning(rule):
     )
 
 
+def test_a_deny_at_the_bands_first_priority_wins_over_the_rule_the_broker_would_write_next_to_it():
+    freeze = arm_rule("MaintenanceFreeze", BAND[0], access="Deny")
+    alice = "203.0.113.10/32"
+    warnings = exposure_warnings([freeze], port=22, private_ip="192.0.2.4", band=BAND, source=alice)
+    assert len(warnings) == 1 and "MaintenanceFreeze" in warnings[0]
+    assert f"priority {BAND[0] + 1}" in warnings[0]
+
+
 def test_the_brokers_own_rules_never_count_as_broad_allows():
     assert (
         exposure_warnings([broker_rule("192.0.2.4", 22, T0, 100)], port=22, private_ip="192.0.2.4", band=BAND)
