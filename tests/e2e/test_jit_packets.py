@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -27,13 +28,19 @@ GRANT_WAIT = 60.0  # generous: grant, port probe and ssh handshake on a loaded 2
 ECHO = 'while read line; do echo "echo:$line"; done'
 
 
-def sources(rules):
+def sources(rules: list[dict[str, Any]]) -> list[list[str] | None]:
+    """Each broker rule's source prefixes."""
     return [rule["properties"].get("sourceAddressPrefixes") for rule in rules]
 
 
 def test_the_granted_address_runs_a_command_over_ssh_while_another_address_times_out(lab, jit_session):
     run = jit_session(
-        "alice", "ssh", "web-01", "--", *lab.ssh_options(), 'echo "on $(hostname) as $(whoami)"; read _; echo bye'
+        "alice",
+        "ssh",
+        "web-01",
+        "--",
+        *lab.ssh_options(),
+        'echo "on $(hostname) as $(whoami)"; read _; echo bye',
     )
     assert run.wait_for("on web-01 as azureuser", GRANT_WAIT) is not None, run.output()
 
