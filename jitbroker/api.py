@@ -266,7 +266,13 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
         """Liveness; no auth, no secrets, no calls to Azure."""
         return Health(status="ok")
 
-    @app.post("/api/v1/grants", response_model=GrantOut, status_code=201, tags=["grants"])
+    @app.post(
+        "/api/v1/grants",
+        response_model=GrantOut,
+        status_code=201,
+        tags=["grants"],
+        responses={200: {"model": GrantOut, "description": "The caller's open grant for it, extended"}},
+    )
     def request_grant(body: GrantIn, principal: Caller, request: Request) -> JSONResponse:
         """Open a port for the caller (201), or extend the caller's open grant for the same thing (200)."""
         ask = GrantRequest(
