@@ -238,16 +238,18 @@ class GrantService:
             connect=_connect_info(vm, private_ip),
             warnings=warnings,
         )
-        grant = self._store.create(grant)
+        # Each event is written ahead of the record change it reports: a broker that dies between the two
+        # leaves the event (the sweeper then finishes the record), never a record with no event.
         self._audit("requested", grant, principal, detail=justification)
+        grant = self._store.create(grant)
         try:
             self._store.note_nsgs(vm.nsg_ids)  # before any rule, so a crash leaves the sweeper a trail
             refs = self._sync(grant, vm.nsg_ids)
         except Exception as err:
             self._fail(grant, vm.nsg_ids, err)
             raise _as_jit_error(err) from err
+        self._audit("granted", grant, principal, detail=",".join(r.rule_name for r in refs))
         active = self._transition(grant, status=GrantStatus.ACTIVE, nsg_rules=tuple(refs))
-        self._audit("granted", active, principal, detail=",".join(r.rule_name for r in refs))
         return active, True
 
     def _warnings_for(self, vm: VmTopology, port: int, private_ip: str, source: str) -> tuple[str, ...]:
@@ -372,10 +374,9 @@ class GrantService:
             return grant
         nsgs = _nsgs_of(grant) or self._nsgs_for(grant)
         self._sync(grant, nsgs, without=grant.id)
-        closed = self._transition(grant, status=status, reason=reason)
         kind = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired"}.get(status, "failed")
-        self._audit(kind, closed, by, reason=reason)
-        return closed
+        self._audit(kind, grant, by, reason=reason)
+        return self._transition(grant, status=status, reason=reason)
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -440,9 +441,9 @@ class GrantService:
             self._sync(grant, nsg_ids, without=grant.id)
         except Exception:
             log.exception("could not remove grant %s's partial rules; the sweeper will", grant.id)
+        self._audit("failed", grant, None, reason=reason)
         try:
-            failed = self._transition(grant, status=GrantStatus.FAILED, reason=reason)
-            self._audit("failed", failed, None, reason=reason)
+            self._transition(grant, status=GrantStatus.FAILED, reason=reason)
         except Exception:
             log.exception("could not mark grant %s failed; the sweeper will", grant.id)
 
