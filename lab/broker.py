@@ -95,7 +95,7 @@ class BrokerProcess:
                 _terminate(process)
 
     def kill(self) -> None:
-        """SIGKILL the sweeper and the API, as a crash would: nothing in them gets to clean up (crash tests)."""
+        """SIGKILL the sweeper and the API, as a crash would: nothing in them cleans up (crash tests)."""
         for name in ("_sweeper", "_api"):
             process = getattr(self, name)
             setattr(self, name, None)

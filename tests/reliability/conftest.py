@@ -1,4 +1,4 @@
-"""Fixtures of the fault matrix: the Table Storage proxy, a trigger on ARM's NSG changes, and the printed matrix.
+"""Fixtures of the fault matrix: the Table Storage proxy, a trigger on ARM's NSG changes, the printed matrix.
 
 The matrix is written by `pytest_terminal_summary`, so it shows in `make test` output with or without `-s`.
 """

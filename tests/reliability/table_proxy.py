@@ -45,7 +45,9 @@ class StoreRequest:
             data = json.loads(self.body or b"{}")
         except ValueError:
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items()}
 
 
 Match = Callable[[StoreRequest], bool]

@@ -12,13 +12,14 @@ ARM and Table Storage healthy, and checks DESIGN §4's invariants:
 - foreign: every rule the broker did not write is byte-for-byte what it was (ignoring ARM's renewed etag).
 
 Non-crash cells drive the real lifecycle service in this process against the ARM emulator and, through a
-fault-injecting proxy, Azurite; their backoff sleeps are recorded instead of slept (the Retry-After check reads
-them). Crash cells run the broker as a uvicorn subprocess and SIGKILL it mid-step. Each cell has its own
+fault-injecting proxy, Azurite; their backoff sleeps are recorded instead of slept (the Retry-After check
+reads them). Crash cells run the broker as a uvicorn subprocess and SIGKILL it mid-step. Each cell has its own
 tables and a freshly reset ARM world. The matrix and its counts are printed at the end of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 import time
@@ -46,19 +47,20 @@ from lab.arm.admin import ArmAdmin
 from lab.azurite import Azurite
 from lab.broker import BrokerProcess
 from lab.scenario import Scenario
-from tests.broker.conftest import broker_rules, others
+from tests.broker.conftest import RG, SUB, broker_rules, others
 from tests.reliability.conftest import NsgChangeTrigger
 from tests.reliability.matrix import INVARIANTS, Boundary, CellResult, Fault, Matrix
 from tests.reliability.table_proxy import StoreRequest, TableProxy
 
 VM = "db-01"
+WHERE = {"resource_group": RG, "subscription": SUB}  # names the VM's scope: no listing of every VM
 PORT = 22
 DURATION = timedelta(minutes=10)
 SWEEP_AFTER = timedelta(minutes=15)  # past the grant's expiry and the pending grace (2 min)
 ARM_ATTEMPTS = 6  # NsgWriter's attempts per ARM operation: a fault that fires this often outlasts them
 TABLE_ATTEMPTS = 4  # azure-core's first try + 3 retries on a status
 RETRY_AFTER_S = 1
-HUNG_MS = 2500  # longer than the cells' ARM read timeout, so the broker gives up on the call
+HUNG_MS = 2000  # longer than the cells' ARM read timeout, so the broker gives up on the call
 READ_TIMEOUT_S = 1.0
 CRASH_HOLD_MS = 3000  # how long the emulator holds the request a crash cell kills the broker in
 WAIT_S = 90.0  # generous bound on waits that poll for a condition
@@ -127,6 +129,7 @@ class CellLab:
 
 @pytest.fixture
 def cell_lab(
+    *,
     api_broker_env: dict[str, str],
     identity_env: dict[str, str],
     arm_admin: ArmAdmin,
@@ -188,17 +191,19 @@ def _store_step(lab: CellLab, status: str) -> Callable[[StoreRequest], bool]:
 
 def _arm_fault(fault: Fault) -> dict[str, Any]:
     """The emulator fault that stands for `fault` (count and match are added by the caller)."""
-    return {
+    specs: dict[Fault, dict[str, Any]] = {
         Fault.ARM_500: {"status": 500, "code": "InternalServerError"},
         Fault.ARM_429: {"status": 429, "code": "SubscriptionRequestsThrottled", "retry_after": RETRY_AFTER_S},
         Fault.ARM_BUSY: {"status": 409, "code": "AnotherOperationInProgress"},
         Fault.STALE_412: {"status": 412, "code": "PreconditionFailed"},
         Fault.ARM_HUNG: {"hang_ms": HUNG_MS},
-    }[fault]
+    }
+    return specs[fault]
 
 
 def _arm_count(fault: Fault) -> int:
-    return 1 if fault is Fault.ARM_HUNG else ARM_ATTEMPTS
+    """Enough firings to outlast the broker's retries of one operation (412 and a hang need one)."""
+    return 1 if fault in (Fault.ARM_HUNG, Fault.STALE_412) else ARM_ATTEMPTS
 
 
 def _touch(lab: CellLab) -> Callable[[StoreRequest], None]:
@@ -226,7 +231,7 @@ def arm_the_fault(lab: CellLab, boundary: Boundary, fault: Fault) -> None:
             opened = not boundary.on_revoke_path
             lab.nsg_changes.arm(
                 nsg,
-                (lambda j: _has_broker_rule(j)) if opened else (lambda j: not _has_broker_rule(j)),
+                _has_broker_rule if opened else (lambda j: not _has_broker_rule(j)),
                 lambda: lab.proxy.fail_next(TABLE_ATTEMPTS),
             )
             return
@@ -245,7 +250,9 @@ def arm_the_fault(lab: CellLab, boundary: Boundary, fault: Fault) -> None:
         spec = _arm_fault(fault)
 
         def strike_arm(_: StoreRequest) -> None:
-            lab.fault_admin.add_fault(method="*", match="networkSecurityGroups", count=_arm_count(fault), **spec)
+            lab.fault_admin.add_fault(
+                method="*", match="networkSecurityGroups", count=_arm_count(fault), **spec
+            )
 
         lab.proxy.before(match, strike_arm)
 
@@ -281,7 +288,7 @@ def run_in_process(lab: CellLab, boundary: Boundary, fault: Fault) -> Lifecycle:
         told.granted, _ = grants.request(
             principal,
             ipaddress.ip_address(address),
-            GrantRequest(vm=VM, port=PORT, duration=DURATION),
+            GrantRequest(vm=VM, port=PORT, duration=DURATION, **WHERE),
         )
         told.notes.append(f"grant {told.granted.status}")
     except Exception as err:
@@ -299,8 +306,9 @@ def run_in_process(lab: CellLab, boundary: Boundary, fault: Fault) -> Lifecycle:
 
 
 def run_crash_cell(lab: CellLab, boundary: Boundary) -> Lifecycle:
-    """Run the broker as a subprocess, hold the boundary's request, SIGKILL the broker, let the request land."""
-    principal, address = _alice(lab.scenario)
+    """Run the broker as a subprocess, hold the boundary's request, SIGKILL the broker, let the request
+    land."""
+    _, address = _alice(lab.scenario)
     told = Lifecycle()
     headers = {"X-Forwarded-For": address, "Authorization": f"Bearer {lab.token}"}
     with (
@@ -309,7 +317,9 @@ def run_crash_cell(lab: CellLab, boundary: Boundary) -> Lifecycle:
     ):
         grant_id = None
         if boundary.on_revoke_path:
-            answer = client.post("/api/v1/grants", json={"vm": VM, "port": PORT, "duration": "PT10M"})
+            answer = client.post(
+                "/api/v1/grants", json={"vm": VM, "port": PORT, "duration": "PT10M", **WHERE}
+            )
             assert answer.status_code == 201, answer.text
             grant_id = answer.json()["id"]
             told.notes.append("grant active")
@@ -317,7 +327,7 @@ def run_crash_cell(lab: CellLab, boundary: Boundary) -> Lifecycle:
 
         def call() -> None:
             if grant_id is None:
-                client.post("/api/v1/grants", json={"vm": VM, "port": PORT, "duration": "PT10M"})
+                client.post("/api/v1/grants", json={"vm": VM, "port": PORT, "duration": "PT10M", **WHERE})
             else:
                 client.delete(f"/api/v1/grants/{grant_id}")
 
@@ -348,10 +358,8 @@ def _hold_boundary(lab: CellLab, boundary: Boundary) -> Callable[[], bool]:
 
 def _swallow(call: Callable[[], object]) -> Callable[[], None]:
     def run() -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the broker died under it: that is the point
             call()
-        except httpx.HTTPError:
-            pass  # the broker died under it: that is the point
 
     return run
 
@@ -436,7 +444,9 @@ def check(lab: CellLab, told: Lifecycle, before: dict[str, list[dict[str, Any]]]
 
     after = foreign_rules(lab.arm_admin)
     changed = sorted(nsg for nsg in before if before[nsg] != after.get(nsg))
-    result.checks["foreign"] = f"changed in {', '.join(n.rsplit('/', 1)[-1] for n in changed)}" if changed else ""
+    result.checks["foreign"] = (
+        f"changed in {', '.join(n.rsplit('/', 1)[-1] for n in changed)}" if changed else ""
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the cells
