@@ -28,6 +28,7 @@ def _cli_figure() -> Figure:
 def main() -> int:
     """Run every benchmark, print the table; exit 1 when a goal was missed."""
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # seeding outruns the pool: harmless
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="jit-bench-"))
     figures: list[Figure] = []
