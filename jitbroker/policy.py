@@ -197,7 +197,19 @@ def choose_source(caller: IpAddress | None, requested: str | None, settings: Set
         )
     if network.is_multicast or network.is_unspecified or network.is_loopback or network.is_link_local:
         raise InvalidRequest(f"source {network} cannot be a caller's address")
+    if isinstance(network, ipaddress.IPv6Network) and _embeds_ipv4(network):
+        raise InvalidRequest(
+            f"source {network} is an IPv4 address written as IPv6: name the IPv4 address itself"
+        )
     return network
+
+
+_IPV4_IN_IPV6 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+
+
+def _embeds_ipv4(network: ipaddress.IPv6Network) -> bool:
+    """IPv4-mapped and NAT64 prefixes: an NSG would read them as IPv6 and open a door nobody can use."""
+    return any(network.subnet_of(embedded) or embedded.subnet_of(network) for embedded in _IPV4_IN_IPV6)
 
 
 def choose_private_ip(vm: VmTopology, source: IpNetwork) -> str:

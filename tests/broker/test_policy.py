@@ -210,6 +210,9 @@ CALLER_V6 = ipaddress.ip_address("2001:db8::10")
         (CALLER_V4, "0.0.0.0", InvalidRequest),
         (CALLER_V4, "224.0.0.1", InvalidRequest),
         (CALLER_V4, "203.0.113.300", InvalidRequest),
+        (CALLER_V6, "::ffff:203.0.113.10", InvalidRequest),
+        (CALLER_V6, "::ffff:0:0/96", InvalidRequest),
+        (CALLER_V6, "64:ff9b::203.0.113.10", InvalidRequest),
         (None, None, InvalidRequest),
     ],
 )
