@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from azure.core.exceptions import ResourceNotFoundError
 
@@ -21,10 +21,19 @@ from jitbroker.model import NicAddress, VmTopology
 from jitbroker.rules import as_rule_view
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+#: `power_state` of a listed VM that ARM no longer knows (deleted since its scope was listed).
+DELETED = "deleted"
 
 
 class TopologyReader:
-    """Resolves VMs to their network path and NSGs, caching each answer for `cache_seconds`."""
+    """Resolves VMs to their network path and NSGs, caching each answer for `cache_seconds`.
+
+    Three caches share the TTL: scope listings (name lookup and `GET /api/v1/vms`), VM records (the VM with
+    its instance view: power state, tags, NIC references) and resolved topologies. Concurrent misses on one
+    key read ARM once; the others wait for that answer.
+    """
 
     def __init__(
         self,
@@ -38,56 +47,61 @@ class TopologyReader:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._clients = clients
-        self._ttl = timedelta(seconds=cache_seconds)
         self._clock = clock
         self._retry: dict[str, Any] = {"attempts": attempts, "base_delay": base_delay, "max_delay": max_delay}
         if sleep is not None:
             self._retry["sleep"] = sleep
-        self._lock = threading.Lock()
-        self._vms: dict[str, tuple[datetime, VmTopology]] = {}
-        self._nsgs: dict[str, tuple[datetime, dict[str, Any]]] = {}
+        ttl = timedelta(seconds=cache_seconds)
+        self._scopes: _TtlCache[tuple[ListedVm, ...]] = _TtlCache(ttl, clock)
+        self._records: _TtlCache[Any] = _TtlCache(ttl, clock)
+        self._vms: _TtlCache[VmTopology] = _TtlCache(ttl, clock)
+        self._nsgs: _TtlCache[dict[str, Any]] = _TtlCache(ttl, clock)
 
     # ------------------------------------------------------------------ public
 
     def resolve(self, vm_id: str) -> VmTopology:
         """The VM's topology (cached); `NotFound` when no such VM exists."""
+        parsed = parse_id(vm_id, "virtualMachines")  # refuse a non-VM id before any call
         key = vm_id.lower()
-        cached: VmTopology | None = self._cached(self._vms, key)
+        cached = self._vms.get(key)
         if cached is not None:
-            return cached
-        topology = self._read_vm(vm_id)
-        self._store(self._vms, key, topology)
-        return topology
+            return cached[1]
+
+        def load() -> tuple[datetime, VmTopology]:
+            # The topology is as old as the VM record it is built from, so power state is never older than
+            # the TTL, however the two caches interleave.
+            read_at, vm = self._record(vm_id)
+            return read_at, self._topology(vm, vm_id, parsed.subscription, parsed.resource_group, parsed.name)
+
+        return self._vms.get_or_load(key, load)[1]
+
+    def power_state(self, vm_id: str) -> str:
+        """The power state from a cached resolve or VM record, else one ARM read (not the network path)."""
+        resolved = self._vms.get(vm_id.lower())
+        if resolved is not None:
+            return resolved[1].power_state
+        return _power_state(self._record(vm_id)[1])
 
     def list_vms(self, scope: str) -> list[VmTopology]:
-        """Every VM in a subscription or resource group scope, each resolved (and cached)."""
+        """Every VM in a subscription or resource group scope (the listing is cached).
+
+        One ARM list per scope and TTL. Name, tags, OS and admin user come from the listing; power state and
+        the network path are read only for the VMs whose `power_state`, `addresses` or `nsg_ids` are used
+        (see `ListedVm`), so finding one VM by name resolves that VM alone.
+        """
         parts = [p for p in scope.strip("/").split("/") if p]
         if len(parts) not in (2, 4) or parts[0].lower() != "subscriptions":
             raise InvalidRequest(f"{scope!r} is not /subscriptions/<id>[/resourceGroups/<name>]")
-        compute = self._clients.compute_client(parts[1])
-        if len(parts) == 4:
-            pager: Callable[[], Any] = lambda: list(compute.virtual_machines.list(parts[3]))  # noqa: E731
-        else:
-            pager = lambda: list(compute.virtual_machines.list_all())  # noqa: E731
-        try:
-            listed = arm_call(pager, what=f"listing VMs in {scope}", **self._retry)
-        except ResourceNotFoundError:
-            return []
-        result: list[VmTopology] = []
-        for vm in listed:
-            try:
-                result.append(self.resolve(str(vm.id)))
-            except NotFound:
-                continue  # deleted between the list and the read
-        return sorted(result, key=lambda t: (t.resource_group.lower(), t.name.lower()))
+        key = "/".join(parts).lower()
+        return list(self._scopes.get_or_load(key, lambda: self._list(scope, parts))[1])
 
     def nsg(self, nsg_id: str, *, fresh: bool = False) -> dict[str, Any]:
         """The NSG as data: `id`, `name`, `location`, `rules`, `default_rules` (cached unless `fresh`)."""
         key = nsg_id.lower()
         if not fresh:
-            view: dict[str, Any] | None = self._cached(self._nsgs, key)
-            if view is not None:
-                return view
+            cached = self._nsgs.get(key)
+            if cached is not None:
+                return cached[1]
         parsed = parse_id(nsg_id, "networkSecurityGroups")
         network = self._clients.network_client(parsed.subscription)
         try:
@@ -104,32 +118,72 @@ class TopologyReader:
 
     def remember_nsg(self, nsg_id: str, view: dict[str, Any]) -> None:
         """Cache an NSG view read elsewhere (the writer reads fresh before every write)."""
-        self._store(self._nsgs, nsg_id.lower(), view)
+        self._nsgs.put(nsg_id.lower(), view)
 
     def invalidate(self, vm_id: str | None = None) -> None:
         """Forget one VM (or everything), e.g. after ARM said a cached NIC or NSG no longer exists."""
-        with self._lock:
-            if vm_id is None:
-                self._vms.clear()
-                self._nsgs.clear()
-            else:
-                self._vms.pop(vm_id.lower(), None)
+        if vm_id is None:
+            for cache in (self._scopes, self._records, self._vms, self._nsgs):
+                cache.clear()
+        else:
+            self._records.pop(vm_id.lower())
+            self._vms.pop(vm_id.lower())
 
     # ------------------------------------------------------------------ reading ARM
 
-    def _read_vm(self, vm_id: str) -> VmTopology:
+    def _list(self, scope: str, parts: list[str]) -> tuple[datetime, tuple[ListedVm, ...]]:
+        compute = self._clients.compute_client(parts[1])
+        if len(parts) == 4:
+            pager: Callable[[], Any] = lambda: list(compute.virtual_machines.list(parts[3]))  # noqa: E731
+        else:
+            pager = lambda: list(compute.virtual_machines.list_all())  # noqa: E731
+        listed_at = self._clock()
+        try:
+            listed = arm_call(pager, what=f"listing VMs in {scope}", **self._retry)
+        except ResourceNotFoundError:
+            return listed_at, ()
+        vms = [self._listed(vm) for vm in listed if vm.id]
+        return listed_at, tuple(sorted(vms, key=lambda t: (t.resource_group.lower(), t.name.lower())))
+
+    def _listed(self, vm: Any) -> ListedVm:
+        parsed = parse_id(str(vm.id), "virtualMachines")
+        os_profile = vm.os_profile
+        storage = vm.storage_profile
+        os_disk = storage.os_disk if storage else None
+        return ListedVm(
+            self,
+            vm_id=str(vm.id),
+            name=str(vm.name or parsed.name),
+            subscription=parsed.subscription,
+            resource_group=parsed.resource_group,
+            location=str(vm.location or ""),
+            os_type=_text(os_disk.os_type) if os_disk and os_disk.os_type else "",
+            admin_username=os_profile.admin_username if os_profile else None,
+            tags=dict(vm.tags or {}),
+        )
+
+    def _record(self, vm_id: str) -> tuple[datetime, Any]:
+        """The VM as ARM returns it with `$expand=instanceView` (cached): one read."""
         parsed = parse_id(vm_id, "virtualMachines")
         compute = self._clients.compute_client(parsed.subscription)
-        try:
-            vm = arm_call(
-                lambda: compute.virtual_machines.get(
-                    parsed.resource_group, parsed.name, expand="instanceView"
-                ),
-                what=f"reading VM {parsed.name}",
-                **self._retry,
-            )
-        except ResourceNotFoundError as err:
-            raise NotFound(f"no virtual machine {vm_id}") from err
+
+        def load() -> tuple[datetime, Any]:
+            read_at = self._clock()
+            try:
+                vm = arm_call(
+                    lambda: compute.virtual_machines.get(
+                        parsed.resource_group, parsed.name, expand="instanceView"
+                    ),
+                    what=f"reading VM {parsed.name}",
+                    **self._retry,
+                )
+            except ResourceNotFoundError as err:
+                raise NotFound(f"no virtual machine {vm_id}") from err
+            return read_at, vm
+
+        return self._records.get_or_load(vm_id.lower(), load)
+
+    def _topology(self, vm: Any, vm_id: str, subscription: str, resource_group: str, name: str) -> VmTopology:
         addresses: list[NicAddress] = []
         nsg_ids: list[str] = []
         network_profile = vm.network_profile
@@ -142,9 +196,9 @@ class TopologyReader:
         os_disk = storage.os_disk if storage else None
         return VmTopology(
             vm_id=str(vm.id or vm_id),
-            name=str(vm.name or parsed.name),
-            subscription=parsed.subscription,
-            resource_group=parsed.resource_group,
+            name=str(vm.name or name),
+            subscription=subscription,
+            resource_group=resource_group,
             location=str(vm.location or ""),
             os_type=_text(os_disk.os_type) if os_disk and os_disk.os_type else "",
             admin_username=os_profile.admin_username if os_profile else None,
@@ -218,24 +272,116 @@ class TopologyReader:
         nsg = subnet.network_security_group
         return [str(nsg.id)] if nsg is not None and nsg.id else []
 
-    # ------------------------------------------------------------------ cache
 
-    def _cached(self, cache: dict[str, tuple[datetime, Any]], key: str) -> Any:
+class ListedVm(VmTopology):
+    """A VM as its scope's listing shows it: name, tags, OS and admin user at hand; power state, addresses and
+    NSGs read through the reader (cached) the first time they are used, so a listing costs one ARM read and
+    a name lookup resolves only the VM it finds. A VM deleted since the listing has power state `deleted`.
+    """
+
+    def __init__(
+        self,
+        reader: TopologyReader,
+        *,
+        vm_id: str,
+        name: str,
+        subscription: str,
+        resource_group: str,
+        location: str,
+        os_type: str,
+        admin_username: str | None,
+        tags: dict[str, str],
+    ) -> None:
+        listed = {
+            "vm_id": vm_id,
+            "name": name,
+            "subscription": subscription,
+            "resource_group": resource_group,
+            "location": location,
+            "os_type": os_type,
+            "admin_username": admin_username,
+            "tags": tags,
+            "_reader": reader,
+        }
+        for field, value in listed.items():
+            object.__setattr__(self, field, value)  # frozen, as VmTopology is
+
+    @property
+    def power_state(self) -> str:
+        """Read on first use (one ARM read, or none when the VM is cached)."""
+        try:
+            return self._reader.power_state(self.vm_id)
+        except NotFound:
+            return DELETED
+
+    @property
+    def addresses(self) -> tuple[NicAddress, ...]:
+        """Resolved on first use (the VM, its NICs, public IPs and subnets)."""
+        return self._reader.resolve(self.vm_id).addresses
+
+    @property
+    def nsg_ids(self) -> tuple[str, ...]:
+        """Resolved on first use, like `addresses`."""
+        return self._reader.resolve(self.vm_id).nsg_ids
+
+    _reader: TopologyReader
+
+    def __repr__(self) -> str:
+        return f"ListedVm(vm_id={self.vm_id!r}, name={self.name!r}, tags={self.tags!r})"
+
+
+class _TtlCache(Generic[T]):
+    """Values kept for a TTL from when they were read; concurrent misses on one key load once."""
+
+    def __init__(self, ttl: timedelta, clock: Clock) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[datetime, T]] = {}
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, key: str) -> tuple[datetime, T] | None:
+        """(read at, value), or None when absent or older than the TTL."""
         with self._lock:
-            entry = cache.get(key)
+            entry = self._entries.get(key)
             if entry is None:
                 return None
-            stored_at, value = entry
-            if self._clock() - stored_at >= self._ttl:
-                del cache[key]
+            if self._clock() - entry[0] >= self._ttl:
+                del self._entries[key]
                 return None
-            return value
+            return entry
 
-    def _store(self, cache: dict[str, tuple[datetime, Any]], key: str, value: Any) -> None:
+    def put(self, key: str, value: T, *, at: datetime | None = None) -> None:
+        """Keep `value` as read at `at` (now by default); nothing is kept when the TTL is zero."""
         if self._ttl <= timedelta(0):
             return
         with self._lock:
-            cache[key] = (self._clock(), value)
+            self._entries[key] = (self._clock() if at is None else at, value)
+
+    def get_or_load(self, key: str, load: Callable[[], tuple[datetime, T]]) -> tuple[datetime, T]:
+        """The cached entry, else `load()`'s (read at, value), loaded by one caller while the others wait."""
+        entry = self.get(key)
+        if entry is not None:
+            return entry
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            entry = self.get(key)
+            if entry is not None:
+                return entry
+            at, value = load()
+            self.put(key, value, at=at)
+            return at, value
+
+    def pop(self, key: str) -> None:
+        """Forget one key."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
 
 
 def nsg_view(raw: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -103,13 +104,106 @@ def test_power_changes_show_once_the_cache_is_invalidated(reader, arm_admin):
     assert not reader.resolve(vm_id("web-01")).is_running
 
 
-def test_list_vms_resolves_every_vm_in_a_resource_group_or_subscription(reader):
+def test_list_vms_lists_every_vm_in_a_resource_group_or_subscription(reader):
     names = [t.name for t in reader.list_vms(RG)]
     assert {"web-01", "win-01", "db-01", "bare-01", "v6-01"} <= set(names)
     assert names == sorted(names)
     everywhere = reader.list_vms(f"/subscriptions/{SUBSCRIPTION}")
     assert set(names) < {t.name for t in everywhere}
     assert {t.resource_group for t in everywhere} > {"rg-jit-demo"}
+
+
+def test_a_scope_listing_is_one_arm_read_and_is_cached_until_the_ttl(reader, arm_admin, clock):
+    listed = reader.list_vms(RG)
+    assert len(listed) >= 5
+    assert reads(arm_admin) == 1  # the list itself: no VM, NIC, public IP or subnet read
+    arm_admin.clear_requests()
+    clock.now += timedelta(seconds=59)
+    same_scope_spelled_otherwise = RG.replace("rg-jit-demo", "RG-JIT-DEMO") + "/"
+    assert [vm.vm_id for vm in reader.list_vms(same_scope_spelled_otherwise)] == [vm.vm_id for vm in listed]
+    assert reads(arm_admin) == 0
+    clock.now += timedelta(seconds=2)
+    reader.list_vms(RG)
+    assert reads(arm_admin) == 1
+
+
+def test_finding_a_listed_vm_by_name_resolves_that_vm_alone(reader, arm_admin):
+    (web,) = [vm for vm in reader.list_vms(RG) if vm.name == "web-01"]
+    arm_admin.clear_requests()
+    assert web.is_running
+    assert web.nsg_ids == (nsg_id("web-01-nsg"),)
+    assert web.addresses[0].private_ip == "192.0.2.4"
+    paths = [r["path"] for r in arm_admin.requests()]
+    assert len(paths) == 4, paths  # the VM, its NIC, its public IP, its subnet
+    assert all("web-01" in p or "/subnets/" in p for p in paths), paths
+
+
+def test_a_listed_vm_shows_what_resolving_its_id_shows(reader):
+    for listed in reader.list_vms(RG):
+        resolved = reader.resolve(listed.vm_id)
+        for field in ("vm_id", "name", "subscription", "resource_group", "location", "os_type"):
+            assert getattr(listed, field) == getattr(resolved, field), (listed.name, field)
+        assert listed.admin_username == resolved.admin_username and listed.tags == resolved.tags
+        assert listed.power_state == resolved.power_state
+        assert listed.addresses == resolved.addresses and listed.nsg_ids == resolved.nsg_ids
+
+
+def test_power_states_of_a_listing_cost_one_read_per_vm_and_no_network_reads(reader, arm_admin):
+    listed = reader.list_vms(RG)
+    arm_admin.clear_requests()
+    states = {vm.name: vm.power_state for vm in listed}
+    assert states["web-01"] == "running" and states["stopped-01"] == "deallocated"
+    paths = [r["path"] for r in arm_admin.requests()]
+    assert len(paths) == len(listed)
+    assert all("/virtualMachines/" in p for p in paths), paths
+    arm_admin.clear_requests()
+    assert listed[0].nsg_ids is not None  # resolving reuses the VM read: only the network path is new
+    assert not any("/virtualMachines/" in r["path"] for r in arm_admin.requests())
+
+
+def test_a_vm_deleted_after_its_scope_was_listed_says_deleted(reader, arm_admin):
+    (web,) = [vm for vm in reader.list_vms(RG) if vm.name == "web-01"]
+    arm_admin.add_fault(
+        method="GET", match="virtualMachines/web-01", count=10, status=404, code="ResourceNotFound"
+    )
+    assert web.power_state == "deleted" and not web.is_running
+    with pytest.raises(NotFound):
+        web.nsg_ids  # noqa: B018
+
+
+def test_a_topology_is_no_fresher_than_the_vm_read_it_was_built_from(reader, arm_admin, clock):
+    (web,) = [vm for vm in reader.list_vms(RG) if vm.name == "web-01"]
+    assert web.power_state == "running"  # the VM read, at T0
+    clock.now += timedelta(seconds=50)
+    arm_admin.set_power("web-01", "deallocated")
+    assert reader.resolve(vm_id("web-01")).is_running  # built from the T0 read, still within its TTL
+    clock.now += timedelta(seconds=11)
+    assert not reader.resolve(vm_id("web-01")).is_running
+
+
+def test_concurrent_cold_resolves_of_one_vm_read_arm_once(reader, arm_admin):
+    arm_admin.set_knobs(latency_ms={"read": 150})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda _: reader.resolve(vm_id("db-01")), range(8)))
+    assert {t.nsg_ids for t in found} == {(nsg_id("db-01-nsg"), nsg_id("app-subnet-nsg"))}
+    vm_reads = [r for r in arm_admin.requests() if r["path"].lower().endswith("/virtualmachines/db-01")]
+    assert len(vm_reads) == 1
+    assert reads(arm_admin) == 4  # VM, NIC, public IP, subnet
+
+
+def test_concurrent_listings_of_one_scope_read_arm_once(reader, arm_admin):
+    arm_admin.set_knobs(latency_ms={"read": 150})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        listed = list(pool.map(lambda _: reader.list_vms(RG), range(8)))
+    assert len({tuple(vm.vm_id for vm in one) for one in listed}) == 1
+    assert reads(arm_admin) == 1
+
+
+def test_without_a_cache_every_listing_reads_arm(clients, arm_admin, clock):
+    uncached = TopologyReader(clients, cache_seconds=0, clock=clock, sleep=lambda _: None)
+    uncached.list_vms(RG)
+    uncached.list_vms(RG)
+    assert reads(arm_admin) == 2
 
 
 def test_list_vms_refuses_a_malformed_scope(reader):
