@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from jitbroker.identity import TokenVerifier
+from lab.tls import LabCA
 from tests.identity.minissuer import (
     ALICE_OID,
     APP_ID_URI,
@@ -16,8 +17,6 @@ from tests.identity.minissuer import (
     TENANT,
     FakeClock,
     MiniIssuer,
-    TlsFiles,
-    make_tls_files,
 )
 
 MakeVerifier = Callable[..., TokenVerifier]
@@ -25,18 +24,18 @@ MakeClaims = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture(scope="session")
-def identity_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(Path(tmp_path_factory.mktemp("identity-tls")))
+def identity_tls(tmp_path_factory: pytest.TempPathFactory) -> LabCA:
+    return LabCA(Path(tmp_path_factory.mktemp("identity-tls")))
 
 
 @pytest.fixture
-def trust_test_ca(identity_tls: TlsFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+def trust_test_ca(identity_tls: LabCA, monkeypatch: pytest.MonkeyPatch) -> None:
     """The verifier trusts the system store; point it at the test CA the way the lab does."""
     monkeypatch.setenv("SSL_CERT_FILE", str(identity_tls.ca_bundle))
 
 
 @pytest.fixture
-def mini_issuer(identity_tls: TlsFiles, trust_test_ca: None) -> Iterator[MiniIssuer]:
+def mini_issuer(identity_tls: LabCA, trust_test_ca: None) -> Iterator[MiniIssuer]:
     with MiniIssuer(identity_tls).running() as issuer:
         yield issuer
 

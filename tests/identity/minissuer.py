@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import json
 import ssl
 import threading
@@ -20,15 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
+
+from lab.tls import LabCA
 
 TENANT = "7d3c2f6e-0a1b-4c5d-8e9f-0123456789ab"
 OTHER_TENANT = "0ddba11e-0000-4000-8000-00000000beef"
@@ -36,76 +34,6 @@ CLIENT_ID = "0b8f5c4e-6d7a-4b3c-9e2f-a1b2c3d4e5f6"
 APP_ID_URI = "api://jit-broker-test"
 OTHER_APP_ID = "0a0a0a0a-1111-4222-8333-444444444444"
 ALICE_OID = "a11ce000-0000-4000-8000-000000000001"
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A throw-away CA bundle and the server certificate it signed for 127.0.0.1."""
-
-    ca_bundle: Path
-    certfile: Path
-    keyfile: Path
-
-
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A fresh CA and a 127.0.0.1 server certificate, written as PEM files."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jit-broker identity test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return files
 
 
 _KEY_POOL: list[rsa.RSAPrivateKey] = []
@@ -130,7 +58,7 @@ def b64url_json(value: Any) -> str:
 class MiniIssuer:
     """HTTPS issuer on 127.0.0.1 serving `/{tenant}/v2.0/.well-known/openid-configuration` and its JWKS."""
 
-    tls: TlsFiles
+    tls: LabCA
     tenant: str = TENANT
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
