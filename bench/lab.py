@@ -97,6 +97,13 @@ class BenchLab:
             response = client.post("/api/v1/grants", json=body)
             return response.status_code, time.perf_counter() - started, response.json()
 
+    def revoke(self, broker: BrokerProcess, who: crowd.Member, grant_id: str) -> int:
+        """Revoke `who`'s grant (the door closes now); the HTTP status."""
+        with httpx.Client(
+            base_url=broker.url, headers=crowd.headers(self.issuer, who), timeout=HTTP_TIMEOUT_S
+        ) as client:
+            return client.delete(f"/api/v1/grants/{grant_id}").status_code
+
 
 def arm_counts(entries: list[dict[str, Any]]) -> dict[str, int]:
     """Request-log entries split into resource reads, operation polls, writes (PUT) and deletes."""
