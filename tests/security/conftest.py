@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from azure.data.tables import TableServiceClient
 
 from lab.broker import BrokerProcess
 from lab.scenario import Scenario
+from tests.fixtures.broker import close_open_grants
 
 if TYPE_CHECKING:
     from jitbroker.store import GrantStore
@@ -139,11 +140,7 @@ def sec_store(sec_tables: TableServiceClient, sec_broker: BrokerProcess) -> Gran
 @pytest.fixture
 def world(arm_admin: ArmAdmin, sec_store: GrantStore, sec_tables: TableServiceClient) -> World:
     """A fresh lab (the scenario's NSGs, no open grants) and the means to prove that nothing changed."""
-    from jitbroker.model import GrantStatus
-
-    for status in (GrantStatus.PENDING, GrantStatus.ACTIVE):
-        for grant in sec_store.list_all(status=status):
-            sec_store.replace(replace(grant, status=GrantStatus.REVOKED, reason="test reset"))
+    close_open_grants(sec_store)
     return World(tables=sec_tables, arm=arm_admin)
 
 
