@@ -9,6 +9,7 @@ import pytest
 
 from jitbroker.errors import Conflict, InvalidRequest
 from jitbroker.rules import (
+    OpenSet,
     RulePlan,
     RuleView,
     as_rule_view,
@@ -282,12 +283,64 @@ def test_a_new_source_with_the_same_expiry_updates_the_rule_in_place():
     assert p.sources == ("203.0.113.10/32", "203.0.113.11/32")
 
 
-def test_a_later_expiry_plans_a_new_rule_and_names_the_old_one_for_removal():
+def test_a_later_expiry_plans_a_new_rule_and_keeps_the_superseded_one_for_its_own_expiry():
     existing = broker_rule("192.0.2.4", 22, T0, 100)
     p = plan([existing], expires_at=T0 + timedelta(hours=1))
     assert p.name == "jit-192.0.2.4-p22-x20300501T130000Z"
-    assert p.priority == 101  # the old rule still holds 100 until it is removed after the new one is in
-    assert p.replaces == (existing["name"],)
+    assert p.priority == 101  # the superseded rule keeps 100
+    assert p.replaces == () and p.evicts == () and p.kept == (existing["name"],)
+
+
+def test_a_superseded_rule_letting_in_a_source_the_plan_drops_is_replaced():
+    existing = broker_rule("192.0.2.4", 22, T0, 100, sources=("203.0.113.10/32", "203.0.113.66/32"))
+    p = plan([existing], expires_at=T0 + timedelta(hours=1))
+    assert p.replaces == (existing["name"],) and p.kept == ()
+
+
+def test_a_rule_that_would_outlast_the_plan_is_replaced():
+    existing = broker_rule("192.0.2.4", 22, T0 + timedelta(hours=2), 100)
+    p = plan([existing], expires_at=T0 + timedelta(hours=1))
+    assert p.replaces == (existing["name"],) and p.kept == ()
+
+
+def test_a_full_band_evicts_the_oldest_superseded_rule_of_the_key_before_the_write():
+    oldest = broker_rule("192.0.2.4", 22, T0, 100)
+    newer = broker_rule("192.0.2.4", 22, T0 + timedelta(minutes=30), 101)
+    foreign = arm_rule("r102", 102)
+    p = plan([newer, foreign, oldest], expires_at=T0 + timedelta(hours=1), band=(100, 102))
+    assert p.evicts == (oldest["name"],) and p.priority == 100
+    assert p.kept == (newer["name"],) and p.replaces == ()
+
+
+def test_a_full_band_with_nothing_superseded_is_still_a_conflict():
+    other_key = broker_rule("192.0.2.5", 22, T0, 100)
+    rules = [other_key, arm_rule("r101", 101), arm_rule("r102", 102)]
+    with pytest.raises(Conflict, match="no free inbound priority"):
+        plan(rules, band=(100, 102))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (OpenSet(frozenset({"203.0.113.10/32"}), T0), OpenSet(frozenset({"203.0.113.10/32"}), T0), True),
+        (
+            OpenSet(frozenset({"203.0.113.10/32"}), T0, frozenset({"g-1"})),
+            OpenSet(frozenset({"203.0.113.10/32"}), T0 + timedelta(microseconds=1), frozenset({"g-2"})),
+            False,  # a later second: the rule's name changes
+        ),
+        (
+            OpenSet(frozenset({"203.0.113.10/32"}), T0, frozenset({"g-1"})),
+            OpenSet(frozenset({"203.0.113.10/32"}), T0, frozenset({"g-2"})),
+            True,  # another grant from the same address lets in nobody new
+        ),
+        (OpenSet(frozenset(), None), OpenSet(frozenset(), None), True),
+        (OpenSet(frozenset({"203.0.113.10/32"}), T0), OpenSet(frozenset(), None), False),
+        (OpenSet(frozenset({"203.0.113.10/32"}), T0), OpenSet(frozenset({"203.0.113.11/32"}), T0), False),
+    ],
+)
+def test_open_sets_compare_by_the_access_they_give(a, b, same):
+    assert a.same_access(b) is same
+    assert b.same_access(a) is same
 
 
 def test_rules_for_other_ports_or_addresses_are_left_alone():
