@@ -4,16 +4,21 @@
                                                         \\-> failed (partial rules removed, reason recorded)
 
 Rules are coalesced: one broker rule per (NSG, VM private IP, port), its sources every open grant's source.
-After each write the open grants are read again and the rule re-synced if another process changed them
-meanwhile, so broker processes converge without ever writing a whole NSG.
+The store is the only truth about what is open, and every change to it comes first: a grant is recorded
+`pending` before its rule write, and a revoke, expiry or failure is recorded before the write that drops
+its source. The writer reads the open set right before each write and again after it, writing until the
+two agree (`jitbroker.network`), so broker processes converge without ever writing a whole NSG. A close
+whose rule write fails still stands: the source is no longer open in the store, and the sweeper's orphan
+pass removes it from the rule (the answer says so in `warnings`).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -31,11 +36,15 @@ from jitbroker.errors import (
 )
 from jitbroker.identity.principal import Principal
 from jitbroker.model import AuditEvent, ConnectInfo, Grant, GrantStatus, NsgRuleRef, VmTopology
+from jitbroker.rules import OpenSet
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-_CONVERGE_ROUNDS = 3
+CLOSE_PENDING_NOTE = (
+    "the grant is closed, but its NSG rule could not be updated just now; the sweeper removes the source "
+    "from the rule within one sweep interval"
+)
 
 
 class GrantStorePort(Protocol):
@@ -63,19 +72,29 @@ class TopologyPort(Protocol):
 class WriterPort(Protocol):
     """How the lifecycle changes NSGs (implemented by `jitbroker.network.NsgWriter`)."""
 
-    def sync_rule(
+    def converge(
         self,
         nsg_id: str,
         *,
         vm_name: str,
         private_ip: str,
         port: int,
-        sources: set[str],
-        expires_at: datetime,
+        wanted: Callable[[], OpenSet],
     ) -> NsgRuleRef | None: ...
 
 
-WarningsFn = Callable[[VmTopology, int, str, str], list[str]]
+# (VM, port, private IP, source, the priority of the broker's rule per NSG) -> warnings, computed after the
+# write from the NSG view the writer just read.
+WarningsFn = Callable[[VmTopology, int, str, str, Mapping[str, int]], list[str]]
+
+
+@dataclass
+class CloseReport:
+    """What `close_many` did: the grants it closed, the ones someone else moved first, and what failed."""
+
+    closed: list[Grant] = field(default_factory=list)
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,7 +239,6 @@ class GrantService:
         if existing is not None:
             return self._extend(existing, duration, now), False
 
-        warnings = self._warnings_for(vm, port, private_ip, str(source))
         grant = Grant(
             id=self._new_id(),
             principal=principal.oid,
@@ -236,7 +254,6 @@ class GrantService:
             updated_at=now,
             justification=justification,
             connect=_connect_info(vm, private_ip),
-            warnings=warnings,
         )
         # Each event is written ahead of the record change it reports: a broker that dies between the two
         # leaves the event (the sweeper then finishes the record), never a record with no event.
@@ -248,16 +265,20 @@ class GrantService:
         except Exception as err:
             self._fail(grant, vm.nsg_ids, err)
             raise _as_jit_error(err) from err
+        warnings = self._warnings_for(vm, port, private_ip, str(source), refs)
         self._audit("granted", grant, principal, detail=",".join(r.rule_name for r in refs))
-        active = self._transition(grant, status=GrantStatus.ACTIVE, nsg_rules=tuple(refs))
+        active = self._transition(grant, status=GrantStatus.ACTIVE, nsg_rules=tuple(refs), warnings=warnings)
         return active, True
 
-    def _warnings_for(self, vm: VmTopology, port: int, private_ip: str, source: str) -> tuple[str, ...]:
+    def _warnings_for(
+        self, vm: VmTopology, port: int, private_ip: str, source: str, refs: Iterable[NsgRuleRef]
+    ) -> tuple[str, ...]:
         """Why the grant may be pointless or useless; never a reason to fail the grant."""
         if self._warnings is None:
             return ()
+        priorities = {ref.nsg_id.lower(): ref.priority for ref in refs}
         try:
-            return tuple(self._warnings(vm, port, private_ip, source))
+            return tuple(self._warnings(vm, port, private_ip, source, priorities))
         except Exception:
             log.warning("could not analyse the NSGs of %s for warnings", vm.name, exc_info=True)
             return ()
@@ -360,7 +381,7 @@ class GrantService:
     # -- revoke ----------------------------------------------------------------------------------------------
 
     def revoke(self, principal: Principal, grant_id: str) -> Grant:
-        """Close a grant's door (its source leaves the rule), then mark it revoked; revoking twice is fine."""
+        """Record the grant revoked, then take its source out of every rule; revoking twice is fine."""
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "revoke")
         return self.close(grant, GrantStatus.REVOKED, by=principal)
@@ -368,15 +389,77 @@ class GrantService:
     def close(
         self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None
     ) -> Grant:
-        """End an open grant as revoked, expired or failed: its source leaves every rule, then the record
-        moves. The sweeper uses this too; a grant that is no longer open is returned unchanged."""
+        """End an open grant as revoked, expired or failed: the record moves first, then its source leaves
+        every rule. A grant that is no longer open is returned unchanged. If the rule write fails the close
+        still stands (the store no longer holds the source open); the answer carries a warning saying the
+        sweeper will finish it."""
         if not grant.status.is_open:
             return grant
-        nsgs = _nsgs_of(grant) or self._nsgs_for(grant)
-        self._sync(grant, nsgs, without=grant.id)
+        closed = self._record_closed(grant, status, by=by, reason=reason)
+        try:
+            self._sync(closed, _nsgs_of(grant) or self._nsgs_for(grant))
+        except Exception:
+            log.warning("grant %s is %s but its rule write failed; the sweeper will", grant.id, closed.status)
+            return replace(closed, warnings=(*closed.warnings, CLOSE_PENDING_NOTE))
+        return closed
+
+    def close_many(
+        self, grants: Iterable[Grant], status: GrantStatus, *, reason: str | None = None, workers: int = 8
+    ) -> CloseReport:
+        """Close many open grants (the sweeper): record each closed, then one rule convergence per
+        (VM address, port) and NSG, the NSGs concurrently. A failed rule write is reported and left to the
+        orphan pass; the grants stay closed."""
+        report = CloseReport()
+        todo = [g for g in grants if g.status.is_open]
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
+            for grant, outcome in zip(
+                todo, pool.map(lambda g: self._try_record_closed(g, status, reason), todo), strict=True
+            ):
+                if isinstance(outcome, Grant):
+                    report.closed.append(outcome)
+                elif isinstance(outcome, (Conflict, NotFound)):
+                    report.skipped += 1  # another sweep or a revoke got there first
+                else:
+                    report.errors.append(f"grant {grant.id}: {type(outcome).__name__}: {outcome}")
+            by_nsg: dict[str, dict[tuple[str, int, str], Grant]] = {}
+            for grant in todo:
+                private_ip = grant.connect.private_ip if grant.connect else None
+                if private_ip is None:
+                    continue
+                key = (grant.vm_id.lower(), grant.port, private_ip)
+                for nsg_id in _nsgs_of(grant) or self._nsgs_for(grant):
+                    by_nsg.setdefault(nsg_id, {}).setdefault(key, grant)
+            for failure in pool.map(lambda item: self._sync_keys(*item), by_nsg.items()):
+                report.errors.extend(failure)
+        return report
+
+    def _try_record_closed(self, grant: Grant, status: GrantStatus, reason: str | None) -> Grant | Exception:
+        try:
+            return self._record_closed(grant, status, by=None, reason=reason)
+        except Exception as err:  # reported per grant by close_many
+            return err
+
+    def _record_closed(
+        self, grant: Grant, status: GrantStatus, *, by: Principal | None, reason: str | None
+    ) -> Grant:
         kind = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired"}.get(status, "failed")
-        self._audit(kind, grant, by, reason=reason)
+        self._audit(kind, grant, by, reason=reason)  # the event ahead of the record change it reports
         return self._transition(grant, status=status, reason=reason)
+
+    def _sync_keys(self, nsg_id: str, keys: Mapping[tuple[str, int, str], Grant]) -> list[str]:
+        errors: list[str] = []
+        for (_, port, private_ip), grant in keys.items():
+            try:
+                self._writer.converge(
+                    nsg_id,
+                    vm_name=grant.vm_name,
+                    private_ip=private_ip,
+                    port=port,
+                    wanted=self._open_set_reader(grant.vm_id, port, private_ip),
+                )
+            except Exception as err:
+                errors.append(f"rule for {private_ip}:{port} in {nsg_id}: {type(err).__name__}: {err}")
+        return errors
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -387,65 +470,54 @@ class GrantService:
         except NotFound:
             return ()
 
-    def _sync(self, grant: Grant, nsg_ids: Iterable[str], *, without: str | None = None) -> list[NsgRuleRef]:
-        """Make the (NSG, private IP, port) rules carry exactly the open grants' sources, converging with
-        other writers: after each write the open grants are read again, and written again if they changed."""
+    def _sync(self, grant: Grant, nsg_ids: Iterable[str]) -> list[NsgRuleRef]:
+        """Make the (NSG, private IP, port) rules let in exactly the open grants' sources as the store holds
+        them, converging with other writers (`NsgWriter.converge`)."""
         private_ip = grant.connect.private_ip if grant.connect else None
         if private_ip is None:
             return []
-        nsg_ids = tuple(nsg_ids)
-        written: tuple[frozenset[str], datetime | None] | None = None
+        wanted = self._open_set_reader(grant.vm_id, grant.port, private_ip)
         refs: list[NsgRuleRef] = []
-        for _ in range(_CONVERGE_ROUNDS):
-            wanted = self._wanted(grant, private_ip, without)
-            if wanted == written:
-                break
-            sources, expires_at = wanted
-            refs = []
-            for nsg_id in nsg_ids:
-                ref = self._writer.sync_rule(
-                    nsg_id,
-                    vm_name=grant.vm_name,
-                    private_ip=private_ip,
-                    port=grant.port,
-                    sources=set(sources),
-                    expires_at=expires_at or grant.expires_at,
-                )
-                if ref is not None:
-                    refs.append(ref)
-            written = wanted
+        for nsg_id in dict.fromkeys(nsg_ids):
+            ref = self._writer.converge(
+                nsg_id, vm_name=grant.vm_name, private_ip=private_ip, port=grant.port, wanted=wanted
+            )
+            if ref is not None:
+                refs.append(ref)
         return refs
 
-    def _wanted(
-        self, grant: Grant, private_ip: str, without: str | None
-    ) -> tuple[frozenset[str], datetime | None]:
-        now = self._clock()
-        open_grants = [
-            g
-            for g in self._store.open_for_vm_port(grant.vm_id, grant.port)
-            if g.id != without
-            and g.status.is_open
-            and g.expires_at > now
-            and g.connect is not None
-            and g.connect.private_ip == private_ip
-        ]
-        if without is None and grant.id not in {g.id for g in open_grants} and grant.expires_at > now:
-            open_grants.append(grant)
-        if not open_grants:
-            return frozenset(), None
-        return frozenset(g.source for g in open_grants), max(g.expires_at for g in open_grants)
+    def _open_set_reader(self, vm_id: str, port: int, private_ip: str) -> Callable[[], OpenSet]:
+        def read() -> OpenSet:
+            now = self._clock()
+            open_grants = [
+                g
+                for g in self._store.open_for_vm_port(vm_id, port)
+                if g.status.is_open
+                and g.expires_at > now
+                and g.connect is not None
+                and g.connect.private_ip == private_ip
+            ]
+            if not open_grants:
+                return OpenSet(frozenset(), None)
+            return OpenSet(
+                frozenset(g.source for g in open_grants),
+                max(g.expires_at for g in open_grants),
+                frozenset(g.id for g in open_grants),
+            )
+
+        return read
 
     def _fail(self, grant: Grant, nsg_ids: tuple[str, ...], err: Exception) -> None:
         reason = err.message if isinstance(err, JitError) else f"{type(err).__name__}: {err}"
         try:
-            self._sync(grant, nsg_ids, without=grant.id)
-        except Exception:
-            log.exception("could not remove grant %s's partial rules; the sweeper will", grant.id)
-        self._audit("failed", grant, None, reason=reason)
-        try:
-            self._transition(grant, status=GrantStatus.FAILED, reason=reason)
+            closed = self._record_closed(grant, GrantStatus.FAILED, by=None, reason=reason)
         except Exception:
             log.exception("could not mark grant %s failed; the sweeper will", grant.id)
+            return  # still pending in the store, so its source stays wanted: the sweeper undoes it
+        try:
+            self._sync(closed, nsg_ids)
+        except Exception:
+            log.exception("could not remove grant %s's partial rules; the sweeper will", grant.id)
 
     def _transition(self, grant: Grant, **changes: Any) -> Grant:
         """Store a change with the grant's etag; on a concurrent change, re-read and apply it once more unless

@@ -6,13 +6,33 @@ planned from a fresh read of the NSG by `jitbroker.rules`, so a priority taken m
 NSG, so this process serialises its own writes per NSG, and concurrent callers that want the same
 (NSG, VM address, port) rule share one write: fifty grants arriving together cost one or two ARM writes,
 not fifty queued ones. Rules that fail `is_broker_rule` are never written or deleted.
+
+Convergence across broker processes. A rule's sources are never taken from a caller's memory: `converge`
+reads the open set from the store (`wanted`) right before each write, and after every write reads it again;
+if it differs from what was written — a source missing *or* one too many — it writes again, until the two
+agree or a time bound passes. Every change to the open set is recorded in the store before its actor runs
+`converge` (a grant is recorded `pending` before its write; a revoke, expiry or failure is recorded before
+the write that drops the source). ARM runs one operation at a time per NSG, so rule writes on a key are
+totally ordered. Take the last write W on a key: its writer re-read the store after W completed and found it
+equal to W, so W holds every change recorded before that re-read; a change recorded after it is followed by
+its actor's own `converge`, which finds the rule already equal (no write) or writes — and then W was not the
+last write. Hence, once changes stop, the rule equals the open set, whichever processes wrote it, and a
+writer that returns has seen its own change in a rule that matched the store after its write.
+
+That alone leaves a window: a writer that read the store just before a change can have its write land just
+after the change's own writer returned. With `key_lease` (the store's lease, wired by `runtime`), each
+read-plan-write on one (NSG, VM address, port) runs under a lease shared by every broker process, so every
+write is planned from a store read made after the previous write on that key landed: once a grant's writer
+returns, no later write drops its source until its close is recorded, and none brings back a closed one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from datetime import datetime
@@ -22,10 +42,11 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from jitbroker.arm import LroTimeout, arm_call, error_code, parse_id
 from jitbroker.clients import AzureClients
-from jitbroker.errors import NotAllowed, NotFound
+from jitbroker.errors import NotAllowed, NotFound, UpstreamError
 from jitbroker.model import NsgRuleRef
 from jitbroker.rules import (
     Band,
+    OpenSet,
     RulePlan,
     RuleView,
     as_rule_view,
@@ -37,6 +58,7 @@ from jitbroker.rules import (
 from jitbroker.topology import TopologyReader, nsg_view
 
 Clock = Callable[[], datetime]
+Wanted = Callable[[], OpenSet]
 
 
 @dataclass(frozen=True)
@@ -44,9 +66,7 @@ class _Desired:
     vm_name: str
     private_ip: str
     port: int
-    sources: frozenset[str]
-    expires_at: datetime
-    grant_ids: frozenset[str] = frozenset()
+    wanted: Wanted
 
 
 @dataclass
@@ -59,6 +79,12 @@ class _Flight:
     running: bool = False
     latest: _Desired | None = None
     outcome: tuple[NsgRuleRef | None, BaseException | None] = (None, None)
+
+
+def fixed(sources: Collection[str], expires_at: datetime, grant_ids: Collection[str] = ()) -> Wanted:
+    """A `wanted` that always answers the same open set (callers that already know the sources)."""
+    opened = OpenSet(frozenset(sources), expires_at if sources else None, frozenset(grant_ids))
+    return lambda: opened
 
 
 class NsgWriter:
@@ -78,6 +104,9 @@ class NsgWriter:
         sleep: Callable[[float], None] = time.sleep,
         topology: TopologyReader | None = None,
         before_write: Callable[[str], None] | None = None,
+        converge_timeout: float = 120.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        key_lease: Callable[[str], ContextManager[None]] | None = None,
     ) -> None:
         self._clients = clients
         self._clock = clock
@@ -89,6 +118,9 @@ class NsgWriter:
             "sleep": sleep,
         }
         self._lro_timeout = lro_timeout
+        self._converge_timeout = converge_timeout
+        self._monotonic = monotonic
+        self._key_lease = key_lease
         self._poll_interval = poll_interval
         self._topology = topology
         self._before_write = before_write
@@ -109,13 +141,25 @@ class NsgWriter:
         expires_at: datetime,
         grant_ids: Collection[str] = (),
     ) -> NsgRuleRef | None:
-        """Make the NSG hold exactly one broker rule for (VM address, port) with `sources` until `expires_at`.
+        """Make the NSG's broker rules for (VM address, port) let in exactly `sources` until `expires_at`.
 
-        No sources removes the rule (None is returned). Concurrent calls for the same rule share one ARM
-        write: the latest wish wins, and every caller returns only after a write that began after its call.
+        No sources removes the rules (None is returned). For callers that know the sources (the sweeper's
+        orphan pass, tests); the lifecycle uses `converge`, which reads them from the store.
         """
-        wish = _Desired(vm_name, private_ip, port, frozenset(sources), expires_at, frozenset(grant_ids))
-        key = (nsg_id.lower(), wish.private_ip, port)
+        wanted = fixed(sources, expires_at, grant_ids)
+        return self.converge(nsg_id, vm_name=vm_name, private_ip=private_ip, port=port, wanted=wanted)
+
+    def converge(
+        self, nsg_id: str, *, vm_name: str, private_ip: str, port: int, wanted: Wanted
+    ) -> NsgRuleRef | None:
+        """Make the NSG's broker rules for (VM address, port) let in exactly what `wanted()` answers, reading
+        it right before each write and again after, until the two agree (see the module docstring).
+
+        Concurrent calls for the same rule share writes: every caller returns only after a convergence run
+        that began after its call. Returns the rule written (None when nothing is open).
+        """
+        wish = _Desired(vm_name, private_ip, port, wanted)
+        key = (nsg_id.lower(), private_ip, port)
         with self._lock:
             flight = self._flights.setdefault(key, _Flight())
         with flight.cond:
@@ -187,7 +231,8 @@ class NsgWriter:
 
         def attempt() -> None:
             with self._nsg_lock(nsg_id):
-                current = self._get_rule(nsg_id, rule_name)
+                named = [r for r in self._read(nsg_id) if r.name.lower() == rule_name.lower()]
+                current = named[0] if named else None
                 if current is None:
                     return
                 if not is_broker_rule(current):
@@ -211,36 +256,65 @@ class NsgWriter:
     # ------------------------------------------------------------------ internals
 
     def _converge(self, nsg_id: str, wish: _Desired) -> NsgRuleRef | None:
-        def attempt() -> NsgRuleRef | None:
-            with self._nsg_lock(nsg_id):
-                rules = self._read(nsg_id)
-                ours = rules_for_key(rules, wish.private_ip, wish.port)
-                if not wish.sources:
-                    for rule in ours:
-                        self._delete(nsg_id, rule.name)
-                    return None
-                plan = plan_rule(
-                    rules,
-                    vm_name=wish.vm_name,
-                    private_ip=wish.private_ip,
-                    port=wish.port,
-                    sources=wish.sources,
-                    expires_at=wish.expires_at,
-                    band=self._band,
-                    grant_ids=wish.grant_ids,
+        deadline = self._monotonic() + self._converge_timeout
+        ref, written = self._write_once(nsg_id, wish)
+        while not wish.wanted().same_access(written):
+            if self._monotonic() > deadline:
+                raise UpstreamError(
+                    f"the rule for port {wish.port} in NSG {_short(nsg_id)} kept changing for "
+                    f"{self._converge_timeout:g}s; the sweeper will settle it"
                 )
-                if not plan.unchanged:
-                    self._put(nsg_id, plan)
-                for name in plan.replaces:  # only after the new rule is in: no gap for anyone
-                    self._delete(nsg_id, name)
-                return NsgRuleRef(nsg_id, plan.name, plan.priority)
+            ref, written = self._write_once(nsg_id, wish)
+        return ref
+
+    def _write_once(self, nsg_id: str, wish: _Desired) -> tuple[NsgRuleRef | None, OpenSet]:
+        """One NSG read, one open-set read, and the writes that make the rules hold that open set."""
+
+        def attempt() -> tuple[NsgRuleRef | None, OpenSet]:
+            with self._nsg_lock(nsg_id), self._leased(nsg_id, wish):
+                rules = self._read(nsg_id)
+                target = wish.wanted()  # read last, right before the write: as fresh as it can be
+                return self._apply(nsg_id, rules, wish, target), target
 
         try:
             return arm_call(attempt, what=f"updating NSG {_short(nsg_id)}", **self._retry)
         except ResourceNotFoundError as err:
-            if not wish.sources:
-                return None  # nothing to close in an NSG that is gone
+            target = wish.wanted()
+            if not target.sources:
+                return None, target  # nothing to close in an NSG that is gone
             raise NotFound(f"network security group {nsg_id} does not exist") from err
+
+    def _leased(self, nsg_id: str, wish: _Desired) -> ContextManager[None]:
+        if self._key_lease is None:
+            return contextlib.nullcontext()
+        return self._key_lease(f"rule|{nsg_id.lower()}|{wish.private_ip}|{wish.port}")
+
+    def _apply(
+        self, nsg_id: str, rules: list[RuleView], wish: _Desired, target: OpenSet
+    ) -> NsgRuleRef | None:
+        ours = rules_for_key(rules, wish.private_ip, wish.port)
+        if not target.sources or target.expires_at is None:
+            for rule in ours:
+                self._delete(nsg_id, rule.name)
+            return None
+        plan = plan_rule(
+            rules,
+            vm_name=wish.vm_name,
+            private_ip=wish.private_ip,
+            port=wish.port,
+            sources=target.sources,
+            expires_at=target.expires_at,
+            band=self._band,
+            grant_ids=target.grant_ids,
+            now=self._clock(),
+        )
+        for name in plan.evicts:  # superseded rules whose sources the others hold: frees a priority
+            self._delete(nsg_id, name)
+        if not plan.unchanged:
+            self._put(nsg_id, plan)
+        for name in plan.replaces:  # only after the new rule is in: no gap for anyone
+            self._delete(nsg_id, name)
+        return NsgRuleRef(nsg_id, plan.name, plan.priority)
 
     def _read(self, nsg_id: str) -> list[RuleView]:
         parsed = parse_id(nsg_id, "networkSecurityGroups")
@@ -250,15 +324,6 @@ class NsgWriter:
         if self._topology is not None:
             self._topology.remember_nsg(nsg_id, view)
         return [as_rule_view(r) for r in view["rules"]]
-
-    def _get_rule(self, nsg_id: str, rule_name: str) -> RuleView | None:
-        parsed = parse_id(nsg_id, "networkSecurityGroups")
-        network = self._clients.network_client(parsed.subscription)
-        try:
-            rule = network.security_rules.get(parsed.resource_group, parsed.name, rule_name)
-        except ResourceNotFoundError:
-            return None
-        return as_rule_view(rule)
 
     def _put(self, nsg_id: str, plan: RulePlan) -> None:
         from azure.mgmt.network.models import SecurityRule
@@ -272,7 +337,7 @@ class NsgWriter:
             parsed.name,
             plan.name,
             SecurityRule({"properties": plan.arm_properties()}),
-            polling=_without_final_get(self._poll_interval),
+            polling=_polling(self._poll_interval, final_get=False),
         )
         self._await(poller, f"writing rule {plan.name}")
 
@@ -281,7 +346,7 @@ class NsgWriter:
         network = self._clients.network_client(parsed.subscription)
         try:
             poller = network.security_rules.begin_delete(
-                parsed.resource_group, parsed.name, rule_name, polling_interval=self._poll_interval
+                parsed.resource_group, parsed.name, rule_name, polling=_polling(self._poll_interval)
             )
             self._await(poller, f"deleting rule {rule_name}")
         except ResourceNotFoundError:
@@ -311,11 +376,18 @@ class NsgWriter:
             return self._nsg_locks.setdefault(nsg_id.lower(), threading.Lock())
 
 
-def _without_final_get(interval: float) -> Any:
-    """ARM polling for a rule PUT that stops at the operation's "Succeeded", skipping the final GET.
+_MIN_POLL_S = 0.05
 
-    The broker already knows the rule it wrote; the extra read per NSG would double a grant's read cost.
+
+def _polling(interval: float, *, final_get: bool = True) -> Any:
+    """ARM polling that waits the operation's own `Retry-After` when it is shorter than `interval`.
+
+    azure-core waits `Retry-After` only when it is non-zero, and otherwise the configured interval, so an
+    operation that says "ready now" (0) would still cost a whole interval. Without `final_get`, polling
+    stops at the operation's "Succeeded": the broker already knows the rule it wrote, and the extra GET per
+    NSG would double a grant's read cost.
     """
+    from azure.core.pipeline.policies._utils import get_retry_after
     from azure.core.polling.base_polling import LocationPolling, StatusCheckPolling
     from azure.mgmt.core.polling.arm_polling import ARMPolling, AzureAsyncOperationPolling, BodyContentPolling
 
@@ -323,9 +395,17 @@ def _without_final_get(interval: float) -> Any:
         def get_final_get_url(self, pipeline_response: Any) -> str | None:
             return None
 
-    return ARMPolling(
+    class _Polling(ARMPolling):
+        def _extract_delay(self) -> float:
+            told = get_retry_after(self._pipeline_response)
+            if told is None:
+                return interval
+            return max(_MIN_POLL_S, min(float(told), interval))
+
+    first = _StatusOnly() if not final_get else AzureAsyncOperationPolling()
+    return _Polling(
         interval,
-        lro_algorithms=[_StatusOnly(), LocationPolling(), BodyContentPolling(), StatusCheckPolling()],
+        lro_algorithms=[first, LocationPolling(), BodyContentPolling(), StatusCheckPolling()],
     )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -63,6 +64,15 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
     )
     topology = TopologyReader(clients, cache_seconds=settings.topology_cache_seconds, clock=now)
     band = (settings.priority_min, settings.priority_max)
+    store = GrantStore(clients.table_service(), prefix=settings.table_prefix, clock=now)
+    store.ensure_tables()
+
+    def key_lease(name: str) -> AbstractContextManager[None]:
+        # 30 s covers a read-plan-write up to ARM accepting the write (after that the write is visible, so a
+        # lease that lapses while its holder waits for the operation lets the next writer plan from it);
+        # a broker that dies holding it delays that one rule key by at most this long.
+        return store.lease(name, ttl_s=30.0, wait_s=90.0)
+
     writer = NsgWriter(
         clients,
         clock=now,
@@ -70,17 +80,25 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         lro_timeout=settings.arm_timeout_seconds,
         poll_interval=settings.arm_poll_seconds,
         topology=topology,
+        key_lease=key_lease,
     )
-    store = GrantStore(clients.table_service(), prefix=settings.table_prefix, clock=now)
-    store.ensure_tables()
 
-    def warnings(vm: VmTopology, port: int, private_ip: str, source: str) -> list[str]:
+    def warnings(
+        vm: VmTopology, port: int, private_ip: str, source: str, priorities: Mapping[str, int]
+    ) -> list[str]:
+        # Called right after the writer read each NSG fresh (and cached that view): a deny added a moment
+        # ago is seen without a second read per NSG.
         found: list[str] = []
         for nsg_id in vm.nsg_ids:
-            view = topology.nsg(nsg_id, fresh=True)  # a deny added a moment ago must be seen
+            view = topology.nsg(nsg_id)
             found.extend(
                 rules.exposure_warnings(
-                    view.get("rules", ()), port=port, private_ip=private_ip, band=band, source=source
+                    view.get("rules", ()),
+                    port=port,
+                    private_ip=private_ip,
+                    band=band,
+                    source=source,
+                    priority=priorities.get(nsg_id.lower()),
                 )
             )
         return list(dict.fromkeys(found))

@@ -8,6 +8,7 @@ Tables (all named `{prefix}...`):
     open        PK = vm id|port, RK = id            open grants on one VM port (the coalesced rule's sources)
     audit       PK = grant id (or ~day), RK = time|uuid   append-only
     nsgs        PK = "nsg", RK = NSG id             every NSG the broker may have written to (orphan sweep)
+    leases      PK = lease name, RK = "lease"       who may write one rule key now, until when (`lease`)
 
 Index rows are written *before* the record changes and removed after it closes, so a crash can leave an
 extra index row (dropped when next read) but never an open grant the sweeper cannot find. Keys are escaped;
@@ -20,11 +21,13 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -91,7 +94,8 @@ class GrantStore:
         self._service = table_service
         self._clock = clock
         self._names = {
-            kind: f"{prefix}{kind}" for kind in ("grants", "expiry", "principals", "open", "audit", "nsgs")
+            kind: f"{prefix}{kind}"
+            for kind in ("grants", "expiry", "principals", "open", "audit", "nsgs", "leases")
         }
         self._tables = {kind: table_service.get_table_client(name) for kind, name in self._names.items()}
         self._known_nsgs: set[str] = set()
@@ -177,7 +181,8 @@ class GrantStore:
         for row in rows:
             grant = self._maybe_get(str(row["grant_id"]))
             if grant is None or not grant.status.is_open:
-                self._delete_row("open", pk, str(row["RowKey"]))
+                if grant is not None or _abandoned(row):
+                    self._delete_row("open", pk, str(row["RowKey"]))
                 continue
             result.append(grant)
         return sorted(result, key=lambda g: (g.created_at, g.id))
@@ -209,7 +214,8 @@ class GrantStore:
             grant = self._maybe_get(str(row["grant_id"]))
             row_expiry = str(row["RowKey"]).split("|", 1)[0]
             if grant is None or not grant.status.is_open or _iso(grant.expires_at) != row_expiry:
-                self._delete_row("expiry", str(row["PartitionKey"]), str(row["RowKey"]))
+                if grant is not None or _abandoned(row):
+                    self._delete_row("expiry", str(row["PartitionKey"]), str(row["RowKey"]))
                 continue
             result.append(grant)
         return result
@@ -257,6 +263,63 @@ class GrantStore:
         """Every NSG the broker has written to (or was about to), for the orphan-rule sweep."""
         rows = self._query("nsgs", "PartitionKey eq @pk", {"pk": _NSG_PK})
         return {str(row["nsg_id"]) for row in rows}
+
+    # ------------------------------------------------------------------ leases
+
+    @contextlib.contextmanager
+    def lease(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 60.0) -> Iterator[None]:
+        """Hold the lease `name` across broker processes while the block runs (wait up to `wait_s`).
+
+        The broker's rule writes on one key take turns under it, so each write is planned from a store
+        read made after the previous write on that key finished. A holder that dies leaves the lease to
+        lapse after `ttl_s` of wall-clock time (never the injected clock: leases are about real time).
+        """
+        held = self._acquire(escape_key(name), ttl_s, wait_s)
+        try:
+            yield
+        finally:
+            self._release(held)
+
+    def _acquire(self, pk: str, ttl_s: float, wait_s: float) -> _Lease:
+        table = self._t("leases")
+        deadline = time.monotonic() + wait_s
+        holder = uuid.uuid4().hex
+        while True:
+            entity = {"PartitionKey": pk, "RowKey": _LEASE_RK, "holder": holder, "until": time.time() + ttl_s}
+            with _upstream("taking a lease"):
+                try:
+                    meta = table.create_entity(entity)
+                    return _Lease(pk, str(meta.get("etag")))
+                except ResourceExistsError:
+                    pass
+                try:
+                    current = table.get_entity(pk, _LEASE_RK)
+                except ResourceNotFoundError:
+                    continue  # released meanwhile: try again at once
+                if float(current.get("until") or 0) <= time.time():  # lapsed: its holder died
+                    try:
+                        meta = table.update_entity(
+                            entity,
+                            mode=UpdateMode.REPLACE,
+                            etag=current.metadata["etag"],
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+                        return _Lease(pk, str(meta.get("etag")))
+                    except (ResourceModifiedError, ResourceNotFoundError):
+                        continue
+            if time.monotonic() > deadline:
+                raise UpstreamError(f"another broker kept the rule busy for {wait_s:g}s; try again")
+            time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not security
+
+    def _release(self, held: _Lease) -> None:
+        try:
+            self._t("leases").delete_entity(
+                held.pk, _LEASE_RK, etag=held.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass  # it lapsed and someone else holds it now: theirs to release
+        except AzureError:
+            pass  # it lapses on its own after its ttl
 
     # ------------------------------------------------------------------ internals
 
@@ -318,6 +381,23 @@ def _upstream(doing: str) -> Iterator[None]:
         raise
     except AzureError as err:
         raise UpstreamError(f"table storage failed while {doing}: {type(err).__name__}") from err
+
+
+_LEASE_RK = "lease"
+_ABANDONED = timedelta(minutes=10)
+
+
+def _abandoned(row: Any) -> bool:
+    """An index row whose grant record does not exist (yet): `create` writes the row first, so a row
+    younger than a few minutes may belong to a grant being recorded right now and must stay."""
+    written = getattr(row, "metadata", {}).get("timestamp")
+    return isinstance(written, datetime) and datetime.now(UTC) - written > _ABANDONED
+
+
+@dataclass(frozen=True)
+class _Lease:
+    pk: str
+    etag: str
 
 
 def _vm_port_key(vm_id: str, port: int) -> str:

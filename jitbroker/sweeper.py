@@ -1,11 +1,14 @@
 """The timer's work: expire what is due, undo what crashed half-way, and remove broker rules nobody owns.
 
 Each run is bounded (`batch` grants, `batch` rule writes) and safe beside another run: a grant someone else
-already moved is skipped (etag conflict), and every rule write is idempotent.
+already moved is skipped (etag conflict), and every rule write converges on what the store holds open.
+Due grants are closed together: each is recorded closed, then every (VM address, port) they touched gets one
+rule convergence per NSG, different NSGs in parallel (`GrantService.close_many`).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
@@ -14,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from jitbroker import rules
-from jitbroker.errors import Conflict, NotFound
+from jitbroker.errors import NotFound
 from jitbroker.grants import GrantService
 from jitbroker.model import AuditEvent, Grant, GrantStatus, NsgRuleRef
 
@@ -34,16 +37,14 @@ class SweepWriterPort(Protocol):
     """What the sweeper changes in NSGs (implemented by `jitbroker.network.NsgWriter`)."""
 
     def broker_rules(self, nsg_id: str) -> Iterable[Any]: ...
-    def delete_rule(self, nsg_id: str, rule_name: str) -> None: ...
-    def sync_rule(
+    def converge(
         self,
         nsg_id: str,
         *,
         vm_name: str,
         private_ip: str,
         port: int,
-        sources: set[str],
-        expires_at: datetime,
+        wanted: Callable[[], rules.OpenSet],
     ) -> NsgRuleRef | None: ...
 
 
@@ -71,6 +72,7 @@ class Sweeper:
         clock: Callable[[], datetime],
         batch: int,
         pending_grace: timedelta,
+        workers: int = 8,
     ) -> None:
         self._grants = grants
         self._store = store
@@ -78,6 +80,7 @@ class Sweeper:
         self._clock = clock
         self._batch = batch
         self._pending_grace = pending_grace
+        self._workers = workers
 
     def run(self) -> SweepReport:
         """One bounded sweep: due grants, stale pending grants, then orphan broker rules."""
@@ -90,11 +93,12 @@ class Sweeper:
         return report
 
     def _expire_due(self, now: datetime, report: SweepReport) -> None:
-        for grant in self._store.due(before=now, limit=self._batch):
-            if not grant.status.is_open or grant.expires_at > now:
-                continue
-            if self._close(grant, GrantStatus.EXPIRED, "expired", report):
-                report.expired += 1
+        due = [
+            g
+            for g in self._store.due(before=now, limit=self._batch)
+            if g.status.is_open and g.expires_at <= now
+        ]
+        report.expired += self._close(due, GrantStatus.EXPIRED, "expired", report)
 
     def _undo_stale_pending(self, now: datetime, report: SweepReport) -> None:
         stale = [
@@ -102,22 +106,18 @@ class Sweeper:
             for g in self._store.list_all(status=GrantStatus.PENDING)
             if g.status is GrantStatus.PENDING and g.updated_at + self._pending_grace <= now
         ]
-        for grant in stale[: self._batch]:
-            reason = "the broker stopped before the grant became active; the sweeper undid it"
-            if self._close(grant, GrantStatus.FAILED, reason, report):
-                report.undone += 1
+        reason = "the broker stopped before the grant became active; the sweeper undid it"
+        report.undone += self._close(stale[: self._batch], GrantStatus.FAILED, reason, report)
 
-    def _close(self, grant: Grant, status: GrantStatus, reason: str, report: SweepReport) -> bool:
-        try:
-            closed = self._grants.close(grant, status, reason=reason)
-        except (Conflict, NotFound):
-            report.skipped += 1  # another sweep or a revoke got there first
-            return False
-        except Exception as err:
-            report.errors.append(f"grant {grant.id}: {type(err).__name__}: {err}")
-            log.warning("sweep could not close grant %s: %s", grant.id, err)
-            return False
-        return closed.status is status
+    def _close(self, grants: list[Grant], status: GrantStatus, reason: str, report: SweepReport) -> int:
+        if not grants:
+            return 0
+        done = self._grants.close_many(grants, status, reason=reason, workers=self._workers)
+        report.skipped += done.skipped
+        report.errors.extend(done.errors)
+        for line in done.errors:
+            log.warning("sweep: %s", line)
+        return sum(1 for g in done.closed if g.status is status)
 
     def _remove_orphans(self, now: datetime, report: SweepReport) -> None:
         """Broker rules whose own name says they expired, or whose sources no open grant holds."""
@@ -149,25 +149,35 @@ class Sweeper:
                 continue
             writes += 1
             try:
+                # The store decides, read under the rule key's lease right before the write: a grant
+                # recorded since the read above keeps its door.
+                self._writer.converge(
+                    nsg_id,
+                    vm_name=holders[0].vm_name if holders else "-",
+                    private_ip=key[0],
+                    port=key[1],
+                    wanted=functools.partial(self._open_set, key),
+                )
                 if holders:
-                    self._writer.sync_rule(
-                        nsg_id,
-                        vm_name=holders[0].vm_name,
-                        private_ip=key[0],
-                        port=key[1],
-                        sources=wanted,
-                        expires_at=max(g.expires_at for g in holders),
-                    )
                     report.orphans_trimmed += 1
                     detail = f"trimmed to {len(wanted)} source(s)"
                 else:
-                    self._writer.delete_rule(nsg_id, view.name)
                     report.orphans_removed += 1
                     detail = "deleted"
             except Exception as err:
                 report.errors.append(f"rule {view.name} in {nsg_id}: {type(err).__name__}: {err}")
                 continue
             self._audit_orphan(now, nsg_id, view, key, detail)
+
+    def _open_set(self, key: tuple[str, int]) -> rules.OpenSet:
+        holders = self._open_grants(self._clock()).get(key, [])
+        if not holders:
+            return rules.OpenSet(frozenset(), None)
+        return rules.OpenSet(
+            frozenset(g.source for g in holders),
+            max(g.expires_at for g in holders),
+            frozenset(g.id for g in holders),
+        )
 
     def _open_grants(self, now: datetime) -> dict[tuple[str, int], list[Grant]]:
         by_key: dict[tuple[str, int], list[Grant]] = {}

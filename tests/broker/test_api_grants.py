@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
 
 from tests.broker.conftest import broker_rules, nsg_id, others, sources
@@ -60,6 +63,16 @@ def test_an_ipv6_caller_gets_an_ipv6_rule_on_a_dual_stack_vm(as_user, arm_admin)
     assert sources(rule) == {"2001:db8::10/128"}
 
 
+def effective_rule(nsg: dict[str, Any]) -> dict[str, Any]:
+    """The key's rule with the latest expiry; any other broker rule left beside it must be superseded (a
+    subset of its sources, ending earlier), never a second door."""
+    ours = sorted(broker_rules(nsg), key=lambda r: r["name"])
+    newest = ours[-1]
+    for older in ours[:-1]:
+        assert sources(older) <= sources(newest), older
+    return newest
+
+
 def test_an_ipv6_caller_to_an_ipv4_only_vm_is_told_to_retry_over_ipv4(as_user, arm_admin) -> None:
     response = as_user("alice", address="[2001:db8::10]:5678").post("/api/v1/grants", json={"vm": "web-01"})
     assert response.status_code == 409
@@ -77,15 +90,17 @@ def test_asking_again_returns_the_same_grant_extended_without_a_second_rule(as_u
     assert again.status_code == 200, again.text
     assert again.json()["id"] == first.json()["id"]
     assert again.json()["expires_at"] > first.json()["expires_at"]
-    assert len(broker_rules(arm_admin.nsg("web-01-nsg"))) == 1
+    rule = effective_rule(arm_admin.nsg("web-01-nsg"))
+    assert sources(rule) == {"203.0.113.10/32"}  # one source, not a second one
     assert arm_admin.count(method="PUT") <= 1  # the rule is renamed for its new expiry at most once
+    assert arm_admin.count(method="DELETE") == 0  # the superseded rule goes at its own expiry
 
 
 def test_two_people_share_one_coalesced_rule_and_revoking_one_keeps_the_other(as_user, arm_admin) -> None:
     alice_grant = as_user("alice").post("/api/v1/grants", json={"vm": "web-01"}).json()
     bob = as_user("bob")
     bob_grant = bob.post("/api/v1/grants", json={"vm": "web-01"}).json()
-    (rule,) = broker_rules(arm_admin.nsg("web-01-nsg"))
+    rule = effective_rule(arm_admin.nsg("web-01-nsg"))
     assert sources(rule) == {"203.0.113.10/32", "203.0.113.11/32"}
 
     assert bob.delete(f"/api/v1/grants/{bob_grant['id']}").json()["status"] == "revoked"
@@ -124,7 +139,7 @@ def test_extend_moves_the_expiry_within_the_limits(as_user, arm_admin) -> None:
     longer = alice.post(f"/api/v1/grants/{grant['id']}/extend", json={"duration": "2h"})
     assert longer.status_code == 200, longer.text
     assert longer.json()["expires_at"] > grant["expires_at"]
-    (rule,) = broker_rules(arm_admin.nsg("web-01-nsg"))
+    rule = effective_rule(arm_admin.nsg("web-01-nsg"))
     assert rule["name"].endswith("x" + longer.json()["expires_at"].replace("-", "").replace(":", ""))
 
     too_long = alice.post(f"/api/v1/grants/{grant['id']}/extend", json={"duration": "PT5H"})
@@ -238,3 +253,25 @@ def test_whoami_shows_the_principal_roles_and_address(as_user, scenario) -> None
     assert me["roles"] == ["JIT.Admin", "JIT.Requester"]
     assert me["is_admin"] is True
     assert me["address"] == "203.0.113.20"  # the right-most X-Forwarded-For element, port stripped
+
+
+def test_a_revoke_whose_rule_write_fails_is_still_revoked_and_says_the_sweeper_finishes_it(
+    as_user, arm_admin, sweep_at
+) -> None:
+    alice = as_user("alice")
+    grant = alice.post("/api/v1/grants", json={"vm": "web-01", "duration": "PT30M"}).json()
+    arm_admin.add_fault(
+        method="DELETE", match="securityRules/jit-", count=1, status=403, code="AuthorizationFailed"
+    )
+
+    answer = alice.delete(f"/api/v1/grants/{grant['id']}")
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "revoked"
+    assert any("sweeper" in w for w in answer.json()["warnings"])
+    assert len(broker_rules(arm_admin.nsg("web-01-nsg"))) == 1  # the write failed: the door is still there
+    assert alice.get(f"/api/v1/grants/{grant['id']}").json()["status"] == "revoked"  # recorded first
+
+    report = sweep_at(datetime.now(UTC))  # the very next sweep, long before the grant's own expiry
+    assert report.orphans_removed == 1 and report.errors == []
+    assert broker_rules(arm_admin.nsg("web-01-nsg")) == []

@@ -87,7 +87,7 @@ class ProcessDied(BaseException):
 
 
 class DieBeforeWrite:
-    def sync_rule(self, *args, **kwargs):
+    def converge(self, *args, **kwargs):
         raise ProcessDied
 
 
@@ -95,8 +95,8 @@ class DieAfterWrite:
     def __init__(self, writer) -> None:
         self._writer = writer
 
-    def sync_rule(self, *args, **kwargs):
-        self._writer.sync_rule(*args, **kwargs)
+    def converge(self, *args, **kwargs):
+        self._writer.converge(*args, **kwargs)
         raise ProcessDied
 
 
@@ -133,3 +133,23 @@ def test_a_crash_mid_grant_ends_with_no_rule_after_the_sweep(
     ended = api_store.get(pending.id)
     assert ended.status is GrantStatus.FAILED
     assert "stopped before the grant became active" in (ended.reason or "")
+
+
+def test_due_grants_sharing_a_rule_are_closed_with_one_rule_write_per_nsg(
+    as_user, arm_admin, sweep_at
+) -> None:
+    people = ["alice", "bob", "carol"]
+    grants = [
+        as_user(p).post("/api/v1/grants", json={"vm": "db-01", "duration": "PT10M"}).json() for p in people
+    ]
+    assert all(g["status"] == "active" for g in grants), grants
+    nsgs = ("db-01-nsg", "app-subnet-nsg")
+    rules_before = sum(len(broker_rules(arm_admin.nsg(n))) for n in nsgs)
+    arm_admin.clear_requests()
+
+    report = sweep_at(max(parse(g["expires_at"]) for g in grants) + timedelta(seconds=1))
+
+    assert report.expired == 3 and report.errors == []
+    assert all(broker_rules(arm_admin.nsg(n)) == [] for n in nsgs)
+    assert arm_admin.count(method="PUT") == 0  # nothing is rewritten three times on the way down
+    assert arm_admin.count(method="DELETE") == rules_before  # each rule (superseded ones too) deleted once

@@ -11,11 +11,12 @@ import pytest
 from jitbroker.errors import Conflict, InvalidRequest, NotAllowed, NotFound, UpstreamError
 from jitbroker.model import NsgRuleRef
 from jitbroker.network import NsgWriter
-from jitbroker.rules import is_broker_rule, plan_rule, rule_expiry
+from jitbroker.rules import OpenSet, is_broker_rule, plan_rule, rule_expiry
 from jitbroker.topology import TopologyReader
 from tests.broker_adapters.conftest import nsg_id, vm_id
 
 T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
+NOW = T0 - timedelta(hours=1)  # the writer's clock: rules written for T0 have not expired yet
 WEB_NSG = nsg_id("web-01-nsg")
 RULE_WRITE = "Microsoft.Network/networkSecurityGroups/securityRules/write"
 RULE_DELETE = "Microsoft.Network/networkSecurityGroups/securityRules/delete"
@@ -47,7 +48,7 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def writer(clients, sleeps) -> NsgWriter:
     return NsgWriter(
-        clients, clock=lambda: T0, lro_timeout=5, poll_interval=0.05, sleep=sleeps.append, base_delay=0.01
+        clients, clock=lambda: NOW, lro_timeout=5, poll_interval=0.05, sleep=sleeps.append, base_delay=0.01
     )
 
 
@@ -100,18 +101,94 @@ def test_the_same_wish_twice_costs_no_write(writer, arm_admin):
     assert arm_admin.count(RULE_WRITE) == 0 and reads(arm_admin) == 1
 
 
-def test_a_later_expiry_renames_the_rule_without_a_gap(writer, arm_admin):
+def test_a_later_expiry_costs_one_write_and_leaves_the_superseded_rule_for_its_own_expiry(writer, arm_admin):
     old = opened(writer, {ALICE})
+    arm_admin.clear_requests()
     new = sync(writer, {ALICE, BOB}, T0 + timedelta(hours=1))
-    assert new is not None and old is not None and new.rule_name != old.rule_name
+    assert new is not None and new.rule_name != old.rule_name
     assert rule_expiry(new.rule_name) == T0 + timedelta(hours=1)
+    assert arm_admin.count(RULE_WRITE) == 1 and arm_admin.count(RULE_DELETE) == 0
+    ours = {r["name"]: r for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)}
+    assert set(ours) == {old.rule_name, new.rule_name}
+    assert sorted(ours[new.rule_name]["properties"]["sourceAddressPrefixes"]) == [ALICE, BOB]
+    assert ours[old.rule_name]["properties"]["sourceAddressPrefixes"] == [ALICE]  # a subset, ends earlier
+
+
+def test_removing_a_source_deletes_every_superseded_rule_that_still_lets_it_in(writer, arm_admin):
+    old = opened(writer, {ALICE})
+    opened(writer, {ALICE, BOB}, T0 + timedelta(hours=1))
+    kept = sync(writer, {BOB}, T0 + timedelta(hours=1))
+    assert kept is not None
     ours = [r for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)]
-    assert [r["name"] for r in ours] == [new.rule_name]
-    put_index = next(
-        i for i, r in enumerate(arm_admin.requests()) if r["method"] == "PUT" and new.rule_name in r["path"]
+    assert [r["name"] for r in ours] == [kept.rule_name] and old.rule_name != kept.rule_name
+    assert ours[0]["properties"]["sourceAddressPrefixes"] == [BOB]
+
+
+def test_a_shorter_open_set_replaces_a_rule_that_would_outlast_it_without_a_gap(writer, arm_admin):
+    later = opened(writer, {ALICE, BOB}, T0 + timedelta(hours=1))
+    arm_admin.clear_requests()
+    earlier = opened(writer, {ALICE})
+    assert [r["name"] for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)] == [
+        earlier.rule_name
+    ]
+    methods = [(r["method"], r["path"]) for r in arm_admin.requests() if r["method"] in ("PUT", "DELETE")]
+    assert methods[0][0] == "PUT" and earlier.rule_name in methods[0][1]  # the new door opens first
+    assert methods[1][0] == "DELETE" and later.rule_name in methods[1][1]
+
+
+def test_superseded_rules_are_evicted_when_the_band_has_no_free_priority(clients, arm_admin):
+    writer = NsgWriter(clients, clock=lambda: NOW, priority_band=(100, 102), poll_interval=0.05)
+    for hours in range(3):
+        sync(writer, {ALICE}, T0 + timedelta(hours=hours))
+    assert len([r for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)]) == 3
+    newest = opened(writer, {ALICE, BOB}, T0 + timedelta(hours=3))
+    ours = {r["name"]: r for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)}
+    assert newest.rule_name in ours and len(ours) == 3
+    assert "jit-192.0.2.4-p22-x20300501T120000Z" not in ours  # the oldest made room
+
+
+def test_a_superseded_rule_whose_own_expiry_passed_is_deleted_by_the_next_write(clients, arm_admin):
+    early = NsgWriter(clients, clock=lambda: NOW, poll_interval=0.05)
+    old = opened(early, {ALICE})
+    late = NsgWriter(clients, clock=lambda: T0 + timedelta(seconds=1), poll_interval=0.05)
+    new = opened(late, {ALICE}, T0 + timedelta(hours=1))
+    names = [r["name"] for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)]
+    assert names == [new.rule_name] and old.rule_name != new.rule_name
+
+
+def test_converge_writes_until_the_rule_matches_what_is_open_after_the_write(writer, arm_admin):
+    """Another process changes the open set while this one writes: the writer reads it again after its
+    write and writes again, in either direction (a source missing, or one too many)."""
+    answers = iter(
+        [
+            OpenSet(frozenset({ALICE}), T0),  # read right before the first write
+            OpenSet(frozenset({ALICE, BOB}), T0),  # after it: bob was granted meanwhile
+            OpenSet(frozenset({BOB}), T0),  # before the second write: alice was revoked meanwhile
+        ]
     )
-    delete_index = next(i for i, r in enumerate(arm_admin.requests()) if r["method"] == "DELETE")
-    assert put_index < delete_index  # the new door opens before the old one closes
+    last = [OpenSet(frozenset({BOB}), T0)]
+
+    def wanted() -> OpenSet:
+        return next(answers, last[0])
+
+    ref = writer.converge(WEB_NSG, vm_name="web-01", private_ip="192.0.2.4", port=22, wanted=wanted)
+    assert ref is not None
+    (rule,) = [r for r in rules_of(arm_admin, "web-01-nsg").values() if is_broker_rule(r)]
+    assert rule["properties"]["sourceAddressPrefixes"] == [BOB]
+
+
+def test_an_open_set_that_never_settles_is_bounded_by_time(clients, arm_admin):
+    ticks = iter(range(0, 10_000, 50))
+    writer = NsgWriter(
+        clients, clock=lambda: T0, poll_interval=0.05, converge_timeout=120, monotonic=lambda: next(ticks)
+    )
+    flip = iter(range(1_000_000))
+
+    def wanted() -> OpenSet:
+        return OpenSet(frozenset({ALICE} if next(flip) % 2 else {BOB}), T0)
+
+    with pytest.raises(UpstreamError, match="kept changing"):
+        writer.converge(WEB_NSG, vm_name="web-01", private_ip="192.0.2.4", port=22, wanted=wanted)
 
 
 def test_no_sources_removes_the_rule_and_is_idempotent(writer, arm_admin):

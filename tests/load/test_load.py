@@ -164,8 +164,8 @@ def load_run(load_brokers, load_admin, load_parts, issuer) -> LoadRun:
         done.set()
         for thread in sweepers:
             thread.join(timeout=REQUEST_TIMEOUT_S)
-        # A write planned before a revoke, by another broker, can put the revoked source back (see the xfail);
-        # the next sweep trims sources no open grant holds, so the guarantee today is "gone after one sweep".
+        # Revokes are recorded before their rule writes and every writer re-reads the open set after its
+        # write, so the rule is already right here; one more sweep must find nothing to trim.
         run.sweep_errors.extend(load_parts(lambda: datetime.now(UTC)).sweeper.run().errors)
         run.unsettled_after_revokes = _settle(load_admin, run, revoked=True)
         run.expiry_sweeps_started = time.monotonic()
@@ -279,12 +279,6 @@ def test_after_the_revokes_and_one_sweep_revoked_sources_are_gone_and_the_others
     assert load_run.unsettled_after_revokes == []
 
 
-@pytest.mark.xfail(
-    reason="known gap: a broker process writes the source list it read from the store before another process "
-    "recorded or revoked a grant, so a just-granted source can be missing (until that process re-converges) "
-    "and a just-revoked one can come back (until the next sweep trims it); see docs/performance.md",
-    strict=False,
-)
 def test_a_source_is_in_its_rule_at_every_moment_its_grant_is_active_and_never_after_its_revoke(
     load_run: LoadRun,
 ) -> None:
