@@ -237,3 +237,48 @@ def test_storage_that_cannot_be_reached_is_an_upstream_error():
     )
     with pytest.raises(UpstreamError):
         GrantStore(dead, prefix="dead", clock=lambda: T0).get("g-1")
+
+
+def test_an_open_index_row_whose_grant_is_still_being_recorded_is_kept(store: GrantStore, service):
+    """`create` writes index rows before the record: a reader in between must not drop the row, or the
+    grant would be missing from its rule's source list until it is next indexed."""
+    table = service.get_table_client(f"{store._names['open']}")
+    pk = escape_key(f"{VM.lower()}|22")
+    table.upsert_entity({"PartitionKey": pk, "RowKey": "g-being-born", "grant_id": "g-being-born"})
+    assert store.open_for_vm_port(VM, 22) == []
+    store.create(grant("g-being-born"))
+    assert [g.id for g in store.open_for_vm_port(VM, 22)] == ["g-being-born"]
+
+
+def test_a_lease_is_held_by_one_holder_at_a_time_and_lapses_when_its_holder_dies(store: GrantStore):
+    import threading
+    import time
+
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def hold() -> None:
+        with store.lease("rule|nsg|192.0.2.4|22", ttl_s=30, wait_s=30):
+            inside.append(1)
+            if len(inside) > 1:
+                overlaps.append(len(inside))
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+
+    dead = store.lease("rule|nsg|192.0.2.4|3389", ttl_s=0.2, wait_s=1)
+    dead.__enter__()  # its holder "dies" without releasing
+    with (
+        pytest.raises(UpstreamError, match="busy"),
+        store.lease("rule|nsg|192.0.2.4|3389", ttl_s=30, wait_s=0),
+    ):
+        pass
+    time.sleep(0.3)
+    with store.lease("rule|nsg|192.0.2.4|3389", ttl_s=30, wait_s=1):
+        pass  # lapsed: taken over
