@@ -6,11 +6,13 @@ Read it as the product's table of contents; the work happens in `grants` and bel
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -240,10 +242,23 @@ def authenticate(request: Request, _: Annotated[Any, Depends(_bearer)] = None) -
 Caller = Annotated[Principal, Depends(authenticate)]
 
 
+# Routes are sync and spend most of a grant waiting on ARM's long-running operations, one at a time per NSG.
+# With anyio's default 40 threads a burst of grants on one NSG queues behind itself instead of joining the
+# coalesced write in flight; waiting threads cost little, so allow a burst well beyond that.
+REQUEST_THREADS = 200
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+    yield
+
+
 def create_app(services: Services | Callable[[], Services]) -> FastAPI:
     """The broker's ASGI app; `services` may be a factory so a process builds them on first use."""
     provide: Callable[[], Services] = services if callable(services) else (lambda: services)
     app = FastAPI(
+        lifespan=_lifespan,
         title="jit-broker",
         version=API_VERSION,
         summary="Just-in-time network access to Azure VMs",
