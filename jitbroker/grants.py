@@ -407,8 +407,8 @@ class GrantService:
         self, grants: Iterable[Grant], status: GrantStatus, *, reason: str | None = None, workers: int = 8
     ) -> CloseReport:
         """Close many open grants (the sweeper): record each closed, then one rule convergence per
-        (VM address, port) and NSG, the NSGs concurrently. A failed rule write is reported and left to the
-        orphan pass; the grants stay closed."""
+        (VM address, port) and NSG, concurrently (the writer orders what one NSG must take in turn).
+        A failed rule write is reported and left to the orphan pass; the grants stay closed."""
         report = CloseReport()
         todo = [g for g in grants if g.status.is_open]
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
@@ -429,8 +429,10 @@ class GrantService:
                 key = (grant.vm_id.lower(), grant.port, private_ip)
                 for nsg_id in _nsgs_of(grant) or self._nsgs_for(grant):
                     by_nsg.setdefault(nsg_id, {}).setdefault(key, grant)
-            for failure in pool.map(lambda item: self._sync_keys(*item), by_nsg.items()):
-                report.errors.extend(failure)
+            work = [(nsg_id, key, grant) for nsg_id, keys in by_nsg.items() for key, grant in keys.items()]
+            for failure in pool.map(lambda item: self._sync_key(*item), work):
+                if failure is not None:
+                    report.errors.append(failure)
         return report
 
     def _try_record_closed(self, grant: Grant, status: GrantStatus, reason: str | None) -> Grant | Exception:
@@ -446,20 +448,20 @@ class GrantService:
         self._audit(kind, grant, by, reason=reason)  # the event ahead of the record change it reports
         return self._transition(grant, status=status, reason=reason)
 
-    def _sync_keys(self, nsg_id: str, keys: Mapping[tuple[str, int, str], Grant]) -> list[str]:
-        errors: list[str] = []
-        for (_, port, private_ip), grant in keys.items():
-            try:
-                self._writer.converge(
-                    nsg_id,
-                    vm_name=grant.vm_name,
-                    private_ip=private_ip,
-                    port=port,
-                    wanted=self._open_set_reader(grant.vm_id, port, private_ip),
-                )
-            except Exception as err:
-                errors.append(f"rule for {private_ip}:{port} in {nsg_id}: {type(err).__name__}: {err}")
-        return errors
+    def _sync_key(self, nsg_id: str, key: tuple[str, int, str], grant: Grant) -> str | None:
+        """Converge one rule key in one NSG; the error as text for the sweep report, or None."""
+        _, port, private_ip = key
+        try:
+            self._writer.converge(
+                nsg_id,
+                vm_name=grant.vm_name,
+                private_ip=private_ip,
+                port=port,
+                wanted=self._open_set_reader(grant.vm_id, port, private_ip),
+            )
+        except Exception as err:
+            return f"rule for {private_ip}:{port} in {nsg_id}: {type(err).__name__}: {err}"
+        return None
 
     # -- internals -------------------------------------------------------------------------------------------
 

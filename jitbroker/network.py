@@ -271,7 +271,9 @@ class NsgWriter:
         """One NSG read, one open-set read, and the writes that make the rules hold that open set."""
 
         def attempt() -> tuple[NsgRuleRef | None, OpenSet]:
-            with self._nsg_lock(nsg_id), self._leased(nsg_id, wish):
+            # The key's lease first (store round trips overlap across keys), then the NSG: only the reads
+            # and writes that must be in order with ARM's one-operation-at-a-time wait for each other.
+            with self._leased(nsg_id, wish), self._nsg_lock(nsg_id):
                 rules = self._read(nsg_id)
                 target = wish.wanted()  # read last, right before the write: as fresh as it can be
                 return self._apply(nsg_id, rules, wish, target), target
