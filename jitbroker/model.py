@@ -81,6 +81,10 @@ class NicAddress:
     subnet_id: str | None
 
 
+#: `VmTopology.power_state` of a VM that ARM no longer knows (deleted since a listing saw it).
+VM_DELETED = "deleted"
+
+
 @dataclass(frozen=True)
 class VmTopology:
     """Where a VM's traffic is filtered and how to reach it: VM -> NICs -> addresses -> NIC + subnet NSGs."""

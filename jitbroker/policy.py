@@ -21,10 +21,11 @@ from jitbroker.errors import (
     InvalidRequest,
     NoNetworkSecurityGroup,
     NotAllowed,
+    NotFound,
     VmNotEligible,
     VmNotRunning,
 )
-from jitbroker.model import VmTopology
+from jitbroker.model import VM_DELETED, VmTopology
 
 TAG_PORTS = "jit-ports"
 TAG_MAX_DURATION = "jit-max-duration"
@@ -226,6 +227,8 @@ def choose_private_ip(vm: VmTopology, source: IpNetwork) -> str:
 
 def require_running(vm: VmTopology) -> None:
     """A stopped VM gets no door: it would stay open for whoever comes later."""
+    if vm.power_state == VM_DELETED:
+        raise NotFound(f"VM {vm.name} no longer exists")
     if not vm.is_running:
         raise VmNotRunning(f"VM {vm.name} is {vm.power_state}, not running: start it first")
 

@@ -17,14 +17,13 @@ from azure.core.exceptions import ResourceNotFoundError
 from jitbroker.arm import arm_call, parse_id
 from jitbroker.clients import AzureClients
 from jitbroker.errors import InvalidRequest, NotFound
-from jitbroker.model import NicAddress, VmTopology
+from jitbroker.model import VM_DELETED, NicAddress, VmTopology
 from jitbroker.rules import as_rule_view
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
 
-#: `power_state` of a listed VM that ARM no longer knows (deleted since its scope was listed).
-DELETED = "deleted"
+DELETED = VM_DELETED
 
 
 class TopologyReader:

@@ -15,10 +15,11 @@ from jitbroker.errors import (
     InvalidRequest,
     NoNetworkSecurityGroup,
     NotAllowed,
+    NotFound,
     VmNotEligible,
     VmNotRunning,
 )
-from jitbroker.model import NicAddress, VmTopology
+from jitbroker.model import VM_DELETED, NicAddress, VmTopology
 
 SUB = "/subscriptions/00000000-0000-4000-8000-0000000000a1"
 RG = f"{SUB}/resourceGroups/rg-jit-demo"
@@ -240,6 +241,11 @@ def test_a_stopped_vm_and_a_vm_without_nsg_are_refused_with_reasons() -> None:
         policy.require_running(vm(power="deallocated"))
     with pytest.raises(NoNetworkSecurityGroup, match="nothing to open"):
         policy.require_nsg(vm(nsgs=()))
+
+
+def test_a_vm_deleted_since_it_was_listed_is_not_found_rather_than_stopped() -> None:
+    with pytest.raises(NotFound, match="no longer exists"):
+        policy.require_running(vm(power=VM_DELETED))
 
 
 @pytest.mark.parametrize(
