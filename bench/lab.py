@@ -19,7 +19,7 @@ from lab.azurite import Azurite
 from lab.broker import BrokerProcess
 from lab.issuer import TokenIssuer
 from lab.scenario import load_scenario
-from lab.settings import broker_settings
+from lab.settings import lab_broker_settings
 from lab.tls import LabCA
 
 HTTP_TIMEOUT_S = 600.0
@@ -54,14 +54,12 @@ class BenchLab:
 
     def settings(self, prefix: str, **overrides: str) -> dict[str, str]:
         """Broker settings for this lab on tables `{prefix}…`, with Azure's caller-address trust."""
-        return broker_settings(
+        return lab_broker_settings(
             self.scenario,
-            issuer_url=self.issuer.url,
+            ca=self.ca,
+            issuer=self.issuer,
             arm_url=self.arm.url,
-            table_connection_string=self.azurite.connection_string,
-            ca_bundle=self.ca.ca_bundle,
-            identity_endpoint=self.issuer.identity_endpoint,
-            identity_header=self.issuer.identity_header,
+            azurite=self.azurite,
             allowed_scopes=self._scope,
             overrides={
                 "JIT_CLIENT_ADDRESS_FROM": "x-forwarded-for",

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from jitbroker import rules
 from jitbroker.errors import NotFound
-from jitbroker.grants import GrantService
-from jitbroker.model import AuditEvent, Grant, GrantStatus, NsgRuleRef
+from jitbroker.grants import GrantService, WriterPort
+from jitbroker.model import AuditEvent, Grant, GrantStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,10 @@ class SweepStorePort(Protocol):
     def record(self, event: AuditEvent) -> None: ...
 
 
-class SweepWriterPort(Protocol):
-    """What the sweeper changes in NSGs (implemented by `jitbroker.network.NsgWriter`)."""
+class SweepWriterPort(WriterPort, Protocol):
+    """What the sweeper changes in NSGs: the lifecycle's writes, plus listing the broker's own rules."""
 
     def broker_rules(self, nsg_id: str) -> Iterable[Any]: ...
-    def converge(
-        self,
-        nsg_id: str,
-        *,
-        vm_name: str,
-        private_ip: str,
-        port: int,
-        wanted: Callable[[], rules.OpenSet],
-    ) -> NsgRuleRef | None: ...
 
 
 @dataclass

@@ -114,7 +114,7 @@ def _start_parts(
     from lab.azurite import Azurite
     from lab.issuer import TokenIssuer
     from lab.scenario import load_scenario
-    from lab.settings import broker_settings
+    from lab.settings import lab_broker_settings
     from lab.tls import LabCA
 
     def port(offset: int) -> int:
@@ -131,15 +131,7 @@ def _start_parts(
     parts.callback(azurite.stop)
 
     arm_url = str(arm.url) if arm is not None else ""
-    settings = broker_settings(
-        scenario,
-        issuer_url=issuer.url,
-        arm_url=arm_url,
-        table_connection_string=azurite.connection_string,
-        ca_bundle=ca.ca_bundle,
-        identity_endpoint=issuer.identity_endpoint,
-        identity_header=issuer.identity_header,
-    )
+    settings = lab_broker_settings(scenario, ca=ca, issuer=issuer, arm_url=arm_url, azurite=azurite)
     broker_url = None
     if not with_broker:
         _say("broker: not started (--no-broker)")

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab.issuer import LAB_BROKER_IDENTITY
 from lab.scenario import Scenario
+
+if TYPE_CHECKING:
+    from lab.azurite import Azurite
+    from lab.issuer import TokenIssuer
+    from lab.tls import LabCA
 
 DEMO_SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
 DEMO_ALLOWED_SCOPES = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/rg-jit-demo"
@@ -76,6 +82,30 @@ def broker_settings(
     }
     settings.update(overrides or {})
     return settings
+
+
+def lab_broker_settings(
+    scenario: Scenario,
+    *,
+    ca: LabCA,
+    issuer: TokenIssuer,
+    arm_url: str,
+    azurite: Azurite,
+    allowed_scopes: str = DEMO_ALLOWED_SCOPES,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """`broker_settings` read off the running lab parts themselves."""
+    return broker_settings(
+        scenario,
+        issuer_url=issuer.url,
+        arm_url=arm_url,
+        table_connection_string=azurite.connection_string,
+        ca_bundle=ca.ca_bundle,
+        identity_endpoint=issuer.identity_endpoint,
+        identity_header=issuer.identity_header,
+        allowed_scopes=allowed_scopes,
+        overrides=overrides,
+    )
 
 
 def redacted(settings: Mapping[str, str]) -> dict[str, str]:

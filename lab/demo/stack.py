@@ -39,7 +39,7 @@ from lab.demo.session import JitRun
 from lab.issuer import TokenIssuer
 from lab.netlab import HOST_V4, NetLab, NetlabError, can_run
 from lab.scenario import Scenario, load_scenario
-from lab.settings import broker_settings
+from lab.settings import lab_broker_settings
 from lab.tls import LabCA
 
 DEMO_VMS = ("web-01", "db-01", "win-01")
@@ -137,14 +137,12 @@ class PacketLab:
                 self.net.attach(feed, self.arm.service.all_nsgs)
             else:
                 self.net.follow(self.arm)
-            self.settings = broker_settings(
+            self.settings = lab_broker_settings(
                 self.scenario,
-                issuer_url=self.issuer.url,
+                ca=self.ca,
+                issuer=self.issuer,
                 arm_url=self.arm.url,
-                table_connection_string=self.azurite.connection_string,
-                ca_bundle=self.ca.ca_bundle,
-                identity_endpoint=self.issuer.identity_endpoint,
-                identity_header=self.issuer.identity_header,
+                azurite=self.azurite,
                 overrides=self.broker_overrides,
             )
             self.broker = parts.enter_context(

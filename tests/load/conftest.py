@@ -20,7 +20,7 @@ from lab.azurite import Azurite
 from lab.broker import BrokerProcess
 from lab.issuer import TokenIssuer
 from lab.scenario import Scenario, load_scenario
-from lab.settings import broker_settings
+from lab.settings import lab_broker_settings
 from lab.tls import LabCA
 
 if TYPE_CHECKING:
@@ -65,14 +65,12 @@ def load_env(
     scenario: Scenario, lab_ca: LabCA, issuer: TokenIssuer, load_arm: ArmEmulator, azurite: Azurite
 ) -> dict[str, str]:
     """Settings shared by the three brokers: one store, one ARM, Azure's caller-address trust."""
-    return broker_settings(
+    return lab_broker_settings(
         scenario,
-        issuer_url=issuer.url,
+        ca=lab_ca,
+        issuer=issuer,
         arm_url=load_arm.url,
-        table_connection_string=azurite.connection_string,
-        ca_bundle=lab_ca.ca_bundle,
-        identity_endpoint=issuer.identity_endpoint,
-        identity_header=issuer.identity_header,
+        azurite=azurite,
         allowed_scopes=scenarios.scope(),
         overrides={
             "JIT_CLIENT_ADDRESS_FROM": "x-forwarded-for",
