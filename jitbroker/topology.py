@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from jitbroker.arm import arm_call, parse_id
+from jitbroker.arm import ResourceId, arm_call, parse_id
 from jitbroker.clients import AzureClients
 from jitbroker.errors import InvalidRequest, NotFound
 from jitbroker.model import VM_DELETED, NicAddress, VmTopology
@@ -208,16 +208,14 @@ class TopologyReader:
         )
 
     def _read_nic(self, nic_id: str) -> tuple[list[NicAddress], list[str]]:
-        parsed = parse_id(nic_id, "networkInterfaces")
-        network = self._clients.network_client(parsed.subscription)
-        try:
-            nic = arm_call(
-                lambda: network.network_interfaces.get(parsed.resource_group, parsed.name),
-                what=f"reading NIC {parsed.name}",
-                **self._retry,
-            )
-        except ResourceNotFoundError:
-            return [], []  # a dangling reference: nothing reachable through it
+        nic = self._network_read(
+            nic_id,
+            "networkInterfaces",
+            "NIC",
+            lambda net, r: net.network_interfaces.get(r.resource_group, r.name),
+        )
+        if nic is None:
+            return [], []
         nsgs: list[str] = []
         if nic.network_security_group is not None and nic.network_security_group.id:
             nsgs.append(str(nic.network_security_group.id))
@@ -244,32 +242,35 @@ class TopologyReader:
     def _read_public_ip(self, ref: Any) -> tuple[str | None, str | None]:
         if ref is None or not getattr(ref, "id", None):
             return None, None
-        parsed = parse_id(str(ref.id), "publicIPAddresses")
-        network = self._clients.network_client(parsed.subscription)
-        try:
-            pip = arm_call(
-                lambda: network.public_ip_addresses.get(parsed.resource_group, parsed.name),
-                what=f"reading public IP {parsed.name}",
-                **self._retry,
-            )
-        except ResourceNotFoundError:
+        pip = self._network_read(
+            str(ref.id),
+            "publicIPAddresses",
+            "public IP",
+            lambda net, r: net.public_ip_addresses.get(r.resource_group, r.name),
+        )
+        if pip is None:
             return None, None
         fqdn = pip.dns_settings.fqdn if pip.dns_settings is not None else None
         return (str(pip.ip_address) if pip.ip_address else None), (str(fqdn) if fqdn else None)
 
     def _read_subnet_nsg(self, subnet_id: str) -> list[str]:
-        parsed = parse_id(subnet_id, "subnets")
+        subnet = self._network_read(
+            subnet_id, "subnets", "subnet", lambda net, r: net.subnets.get(r.resource_group, r.parent, r.name)
+        )
+        nsg = subnet.network_security_group if subnet is not None else None
+        return [str(nsg.id)] if nsg is not None and nsg.id else []
+
+    def _network_read(
+        self, resource_id: str, kind: str, label: str, get: Callable[[Any, ResourceId], Any]
+    ) -> Any | None:
+        """One network resource on a VM's path; None when it is gone (a dangling reference leads nowhere)."""
+        parsed = parse_id(resource_id, kind)
         network = self._clients.network_client(parsed.subscription)
         try:
-            subnet = arm_call(
-                lambda: network.subnets.get(parsed.resource_group, parsed.parent, parsed.name),
-                what=f"reading subnet {parsed.name}",
-                **self._retry,
-            )
+            what = f"reading {label} {parsed.name}"
+            return arm_call(lambda: get(network, parsed), what=what, **self._retry)
         except ResourceNotFoundError:
-            return []
-        nsg = subnet.network_security_group
-        return [str(nsg.id)] if nsg is not None and nsg.id else []
+            return None
 
 
 class ListedVm(VmTopology):
