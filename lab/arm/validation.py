@@ -11,6 +11,9 @@ What ARM enforces and how it words it (reference §2.5, §2.6 and public error l
 | tag or `*` inside a plural prefix list, or singular and plural both given | 400 |
   SecurityRuleParameterContainsUnsupportedValue |
 | bad port or range | 400 | SecurityRuleInvalidPortRange |
+| no source (nor destination) prefix, prefixes or ASGs | 400 | SecurityRuleParametersMissing |
+| IPv4 and IPv6 prefixes in one rule | 400 |
+  ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies |
 | same priority and direction as another rule | 400 | SecurityRuleConflict |
 | more than 1000 rules in one NSG | 400 | SecurityRuleCountLimitReached |
 | over 4000 prefixes of one kind in an NSG | 400 | SecurityRuleAddressesOrPortsPerSecurityGroupLimitReached |
@@ -94,6 +97,7 @@ def normalize_rule(rule_id: str, properties: Any) -> dict[str, Any]:
     for key in ("sourceApplicationSecurityGroups", "destinationApplicationSecurityGroups"):
         if properties.get(key):
             out[key] = list(properties[key])
+    _check_one_family(rule_id, out)
     return out
 
 
@@ -177,7 +181,7 @@ def _prefixes(rule_id: str, properties: Mapping[str, Any], side: str) -> tuple[s
     if single and plural:
         raise _unsupported(rule_id, field + "es", single)
     if not single and not plural and not asgs:
-        raise invalid_request_format(f"Security rule {rule_id} must specify {field} or {field}es.")
+        raise _parameters_missing(rule_id, field)
     if single:
         if single != "*" and not _is_service_tag(single) and not _is_network(single):
             raise _bad_prefix(rule_id, single)
@@ -213,6 +217,52 @@ def _ports(rule_id: str, properties: Mapping[str, Any], side: str) -> tuple[str 
             raise _unsupported(rule_id, f"{side[0].upper()}{side[1:]}PortRanges", port)
         _check_port(port)
     return None, plural
+
+
+def _check_one_family(rule_id: str, rule: Mapping[str, Any]) -> None:
+    """Every address and prefix of a rule, source and destination together, is IPv4 or every one is IPv6.
+
+    NRP's wording (gardener/gardener-extension-provider-azure#397, an NSG PUT whose rule listed an IPv4 and an
+    IPv6 source; hashicorp/terraform-provider-azurerm#12534, a service tag's v4+v6 prefixes as sources).
+    Service tags and `*` belong to no family.
+    """
+    families: set[int] = set()
+    for side in ("source", "destination"):
+        values = list(rule.get(f"{side}AddressPrefixes", ()))
+        single = rule.get(f"{side}AddressPrefix")
+        if single is not None:
+            values.append(single)
+        families.update(_family(v) for v in values if _is_network(v))
+    if len(families) > 1:
+        raise ArmError(
+            400,
+            "ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies",
+            f"Resource {rule_id} contains IP addresses or prefixes that belong to different address "
+            "families. All IP addresses or prefixes in the resource should belong to the same address "
+            "family.",
+            details=[],
+        )
+
+
+def _family(value: str) -> int:
+    return ipaddress.ip_network(value, strict=False).version
+
+
+def _parameters_missing(rule_id: str, field: str) -> ArmError:
+    """A rule naming no source (or destination) at all.
+
+    NRP's wording for the source side (Azure/sap-hana#135, Azure/migAz#103): "Required security rule
+    parameters are missing for security rule with Id: {id}. Security rule must specify SourceAddressPrefixes,
+    SourceAddressPrefix, or SourceApplicationSecurityGroups." The destination side is assumed to read alike.
+    """
+    kind = field.removesuffix("AddressPrefix")
+    return ArmError(
+        400,
+        "SecurityRuleParametersMissing",
+        f"Required security rule parameters are missing for security rule with Id: {rule_id}. Security rule "
+        f"must specify {field}es, {field}, or {kind}ApplicationSecurityGroups.",
+        details=[],
+    )
 
 
 def _check_port(value: str) -> None:

@@ -15,6 +15,7 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.network import NetworkManagementClient
+from azure.mgmt.network.models import SecurityRule
 
 from lab.arm import ArmEmulator
 from lab.arm.admin import ArmAdmin
@@ -23,6 +24,7 @@ from lab.tls import LabCA
 
 SUB = "00000000-0000-4000-8000-0000000000a1"
 RG = "rg-jit-demo"
+NSG = "web-01-nsg"
 
 
 class FixedCredential:
@@ -74,3 +76,25 @@ def arm_message(exc: HttpResponseError) -> str:
     """The ARM `error.message` of an SDK exception."""
     assert exc.error is not None, exc
     return str(exc.error.message)
+
+
+def jit_rule(priority: int = 110, **overrides: Any) -> SecurityRule:
+    """A rule as the broker writes one (inbound SSH from one caller to one VM), with `overrides` applied."""
+    fields: dict[str, Any] = {
+        "protocol": "Tcp",
+        "source_address_prefix": "203.0.113.10/32",
+        "source_port_range": "*",
+        "destination_address_prefix": "192.0.2.4",
+        "destination_port_range": "22",
+        "access": "Allow",
+        "priority": priority,
+        "direction": "Inbound",
+        "description": "jit-broker grant",
+    }
+    fields.update(overrides)
+    return SecurityRule(**fields)
+
+
+def create(network: NetworkManagementClient, name: str, rule: SecurityRule, nsg: str = NSG) -> SecurityRule:
+    """Write a rule through the SDK's poller and wait for it."""
+    return network.security_rules.begin_create_or_update(RG, nsg, name, rule, polling_interval=0).result()

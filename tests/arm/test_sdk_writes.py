@@ -8,35 +8,13 @@ from typing import Any
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.mgmt.network import NetworkManagementClient
-from azure.mgmt.network.models import SecurityRule
 
 from lab.arm import ArmEmulator
 from lab.arm.admin import ArmAdmin
-from tests.arm.conftest import RG, arm_code, arm_message
+from tests.arm.conftest import NSG, RG, SUB, arm_code, arm_message, create, jit_rule
 
-NSG = "web-01-nsg"
 RULE_WRITE = "Microsoft.Network/networkSecurityGroups/securityRules/write"
 POLL = "Microsoft.Network/locations/operations/read"
-
-
-def jit_rule(priority: int = 110, **overrides: Any) -> SecurityRule:
-    fields: dict[str, Any] = {
-        "protocol": "Tcp",
-        "source_address_prefix": "203.0.113.10/32",
-        "source_port_range": "*",
-        "destination_address_prefix": "192.0.2.4",
-        "destination_port_range": "22",
-        "access": "Allow",
-        "priority": priority,
-        "direction": "Inbound",
-        "description": "jit-broker grant",
-    }
-    fields.update(overrides)
-    return SecurityRule(**fields)
-
-
-def create(network: NetworkManagementClient, name: str, rule: SecurityRule, nsg: str = NSG) -> SecurityRule:
-    return network.security_rules.begin_create_or_update(RG, nsg, name, rule, polling_interval=0).result()
 
 
 def test_create_polls_the_operation_then_reads_the_rule_back_succeeded(
@@ -167,6 +145,23 @@ def test_same_priority_and_direction_is_a_security_rule_conflict(network: Networ
             {"source_address_prefix": None, "source_address_prefixes": ["*"]},
             "SecurityRuleParameterContainsUnsupportedValue",
         ),
+        (
+            "jit-mixed",
+            {"source_address_prefix": None, "source_address_prefixes": ["203.0.113.10", "2001:db8::10"]},
+            "ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies",
+        ),
+        (
+            "jit-mixed-sides",  # an IPv6 caller to an IPv4 destination
+            {"source_address_prefix": "2001:db8::10"},
+            "ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies",
+        ),
+        ("jit-no-source", {"source_address_prefix": None}, "SecurityRuleParametersMissing"),
+        (
+            "jit-empty-sources",
+            {"source_address_prefix": None, "source_address_prefixes": []},
+            "SecurityRuleParametersMissing",
+        ),
+        ("jit-no-destination", {"destination_address_prefix": None}, "SecurityRuleParametersMissing"),
         ("jit-proto", {"protocol": "Gre"}, "InvalidRequestFormat"),
         ("jit-long", {"description": "d" * 141}, "InvalidRequestFormat"),
     ],
@@ -190,16 +185,44 @@ def test_prefix_and_port_forms_arm_accepts(network: NetworkManagementClient) -> 
         "jit-forms",
         jit_rule(
             source_address_prefix=None,
-            source_address_prefixes=["203.0.113.0/28", "203.0.113.64", "2001:db8:1::/48"],
+            source_address_prefixes=["203.0.113.0/28", "203.0.113.64"],
             destination_port_range=None,
             destination_port_ranges=["22", "3389-3390"],
         ),
     )
-    assert rule.source_address_prefixes == ["203.0.113.0/28", "203.0.113.64", "2001:db8:1::/48"]
+    assert rule.source_address_prefixes == ["203.0.113.0/28", "203.0.113.64"]
     assert rule.destination_port_ranges == ["22", "3389-3390"]
     assert rule.source_address_prefix is None
     tagged = create(network, "jit-tag", jit_rule(priority=111, source_address_prefix="Sql.WestEurope"))
     assert tagged.source_address_prefix == "Sql.WestEurope"
+    v6 = create(
+        network,
+        "jit-v6",
+        jit_rule(
+            priority=112,
+            source_address_prefix=None,
+            source_address_prefixes=["2001:db8:1::/48", "2001:db8:2::7"],
+            destination_address_prefix="2001:db8:0:1::4",
+        ),
+    )
+    assert v6.destination_address_prefix == "2001:db8:0:1::4"
+    # Service tags and '*' belong to no address family.
+    anywhere = create(
+        network,
+        "jit-v6-any",
+        jit_rule(priority=113, source_address_prefix="2001:db8::9", destination_address_prefix="*"),
+    )
+    assert anywhere.provisioning_state == "Succeeded"
+
+
+def test_a_rule_may_name_its_source_by_application_security_group(network: NetworkManagementClient) -> None:
+    asg = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/applicationSecurityGroups/bh"
+    rule = create(
+        network,
+        "jit-asg",
+        jit_rule(source_address_prefix=None, source_application_security_groups=[{"id": asg}]),
+    )
+    assert rule.source_application_security_groups[0].id == asg
 
 
 def test_a_canceled_operation_raises_and_leaves_the_nsg_as_it_was(
