@@ -1,4 +1,7 @@
-"""Pure rule planning: names carrying their expiry, strict ownership, priorities, sources, warnings."""
+"""Rule naming, strict ownership, descriptions, sources, lookup by key and warnings.
+
+Planning an NSG's whole rule collection is `jitbroker.nsgplan`'s (tests/broker_adapters/test_nsgplan.py).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,20 @@ from typing import Any
 
 import pytest
 
-from jitbroker.errors import Conflict, InvalidRequest
+from jitbroker import nsgplan
+from jitbroker.errors import InvalidRequest
+from jitbroker.model import Opening
 from jitbroker.rules import (
-    OpenSet,
-    RulePlan,
     RuleView,
     as_rule_view,
     describe,
     exposure_warnings,
     is_broker_rule,
     normalise_sources,
-    plan_rule,
     rule_expiry,
     rule_key,
     rule_name,
+    rules_for_key,
 )
 
 T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -61,17 +64,23 @@ def arm_rule(
 def broker_rule(
     ip: str, port: int, expires_at: datetime, priority: int, sources: tuple[str, ...] = ("203.0.113.10/32",)
 ) -> dict[str, Any]:
-    """A rule exactly as the broker would have written it."""
-    plan = plan_rule(
-        [],
-        vm_name="web-01",
-        private_ip=ip,
-        port=port,
-        sources=sources,
-        expires_at=expires_at,
-        band=(priority, priority),
-    )
-    return {"name": plan.name, "properties": plan.arm_properties()}
+    """A rule exactly as the broker writes it: its name and description, one inbound TCP allow."""
+    return {
+        "name": rule_name(ip, port, expires_at),
+        "properties": {
+            "description": describe(
+                vm_name="web-01", expires_at=expires_at, sources=sources, grant_ids=["g-1"]
+            ),
+            "protocol": "Tcp",
+            "sourcePortRange": "*",
+            "destinationPortRange": str(port),
+            "sourceAddressPrefixes": list(sources),
+            "destinationAddressPrefix": ip,
+            "access": "Allow",
+            "priority": priority,
+            "direction": "Inbound",
+        },
+    }
 
 
 # ---------------------------------------------------------------- names
@@ -119,6 +128,40 @@ def test_names_the_broker_did_not_write_are_not_broker_rules_even_with_the_marke
 
 
 def test_a_rule_the_broker_planned_is_recognised_as_its_own():
+    openings = [
+        Opening(
+            "g-1",
+            "alice",
+            "vm-web-01",
+            "web-01",
+            "192.0.2.4",
+            22,
+            "203.0.113.10/32",
+            T0,
+            T0 - timedelta(hours=1),
+        ),
+        Opening(
+            "g-2",
+            "bob",
+            "vm-web-01",
+            "web-01",
+            "2001:db8::4",
+            3389,
+            "2001:db8:1::10",
+            T0,
+            T0 - timedelta(hours=1),
+        ),
+    ]
+    plan = nsgplan.plan_nsg([], nsgplan.desired_state(openings, T0 - timedelta(minutes=1)), BAND)
+    assert len(plan.security_rules) == 2
+    assert all(is_broker_rule(rule) for rule in plan.security_rules)
+    assert {rule_key(rule["name"]) for rule in plan.security_rules} == {
+        ("192.0.2.4", 22),
+        ("2001:db8::4", 3389),
+    }
+
+
+def test_the_hand_built_broker_rule_of_these_tests_is_recognised_as_the_brokers():
     assert is_broker_rule(broker_rule("192.0.2.4", 22, T0, 100))
 
 
@@ -208,166 +251,32 @@ def test_sources_that_would_open_too_much_or_cannot_work_are_refused(source, ip)
         normalise_sources([source], ip)
 
 
-# ---------------------------------------------------------------- planning
+# ---------------------------------------------------------------- rules by key
 
 
-def plan(
-    nsg_rules: list[Any],
-    *,
-    sources: tuple[str, ...] = ("203.0.113.10/32",),
-    expires_at: datetime = T0,
-    ip: str = "192.0.2.4",
-    port: int = 22,
-    band: tuple[int, int] = BAND,
-) -> RulePlan:
-    return plan_rule(
-        nsg_rules,
-        vm_name="web-01",
-        private_ip=ip,
-        port=port,
-        sources=sources,
-        expires_at=expires_at,
-        band=band,
-    )
+def test_rules_for_a_key_are_the_brokers_rules_for_that_address_and_port_whatever_their_expiry():
+    earlier = broker_rule("192.0.2.4", 22, T0, 100)
+    later = broker_rule("192.0.2.4", 22, T0 + timedelta(hours=1), 101)
+    other_port = broker_rule("192.0.2.4", 3389, T0, 102)
+    other_vm = broker_rule("192.0.2.5", 22, T0, 103)
+    look_alike = arm_rule("jit-192.0.2.4-p22-x20300501T140000Z", 104, description="made by hand")
+    found = rules_for_key([earlier, other_port, later, other_vm, look_alike], "192.0.2.4", 22)
+    assert sorted(v.name for v in found) == sorted([earlier["name"], later["name"]])
 
 
-def test_a_first_grant_plans_one_inbound_tcp_allow_to_the_private_ip_at_the_top_of_the_band():
-    p = plan([arm_rule("DenySSH", 4000, access="Deny")])
-    assert p.priority == 100
-    assert p.replaces == () and not p.unchanged
-    assert p.arm_properties() == {
-        "description": "jit-broker: until 2030-05-01T12:00:00Z vm web-01 sources 1 sha256:"
-        + p.description.rsplit("sha256:", 1)[1],
-        "protocol": "Tcp",
-        "sourcePortRange": "*",
-        "destinationPortRange": "22",
-        "sourceAddressPrefixes": ["203.0.113.10/32"],
-        "destinationAddressPrefix": "192.0.2.4",
-        "access": "Allow",
-        "priority": 100,
-        "direction": "Inbound",
-    }
+def test_rules_for_an_ipv6_key_match_whatever_spelling_the_address_is_given_in():
+    rule = broker_rule("2001:db8::4", 22, T0, 100, sources=("2001:db8:1::10/128",))
+    assert [v.name for v in rules_for_key([rule], "2001:DB8:0:0::4", 22)] == [rule["name"]]
 
 
-@pytest.mark.parametrize(
-    ("taken", "expected"),
-    [
-        ([("Inbound", 100)], 101),
-        ([("Inbound", 100), ("Inbound", 101), ("Inbound", 103)], 102),
-        ([("Outbound", 100)], 100),  # priorities are unique per direction only
-        ([("Inbound", 99), ("Inbound", 200)], 100),
-    ],
-)
-def test_priority_avoids_every_existing_priority_in_the_same_direction(taken, expected):
-    rules = [arm_rule(f"r{i}", p, direction=d) for i, (d, p) in enumerate(taken)]
-    assert plan(rules).priority == expected
-
-
-def test_a_full_band_is_a_conflict_not_a_collision():
-    rules = [arm_rule(f"r{p}", p) for p in range(100, 103)]
-    with pytest.raises(Conflict, match="no free inbound priority"):
-        plan(rules, band=(100, 102))
-
-
-def test_same_expiry_and_sources_means_no_write_at_all():
-    existing = broker_rule("192.0.2.4", 22, T0, 150)
-    p = plan([existing])
-    assert p.unchanged and p.priority == 150 and p.replaces == ()
-
-
-def test_a_new_source_with_the_same_expiry_updates_the_rule_in_place():
-    existing = broker_rule("192.0.2.4", 22, T0, 150)
-    p = plan([existing], sources=("203.0.113.10/32", "203.0.113.11/32"))
-    assert p.name == existing["name"] and p.priority == 150
-    assert not p.unchanged and p.replaces == ()
-    assert p.sources == ("203.0.113.10/32", "203.0.113.11/32")
-
-
-def test_a_later_expiry_plans_a_new_rule_and_keeps_the_superseded_one_for_its_own_expiry():
-    existing = broker_rule("192.0.2.4", 22, T0, 100)
-    p = plan([existing], expires_at=T0 + timedelta(hours=1))
-    assert p.name == "jit-192.0.2.4-p22-x20300501T130000Z"
-    assert p.priority == 101  # the superseded rule keeps 100
-    assert p.replaces == () and p.evicts == () and p.kept == (existing["name"],)
-
-
-def test_a_superseded_rule_letting_in_a_source_the_plan_drops_is_replaced():
-    existing = broker_rule("192.0.2.4", 22, T0, 100, sources=("203.0.113.10/32", "203.0.113.66/32"))
-    p = plan([existing], expires_at=T0 + timedelta(hours=1))
-    assert p.replaces == (existing["name"],) and p.kept == ()
-
-
-def test_a_rule_that_would_outlast_the_plan_is_replaced():
-    existing = broker_rule("192.0.2.4", 22, T0 + timedelta(hours=2), 100)
-    p = plan([existing], expires_at=T0 + timedelta(hours=1))
-    assert p.replaces == (existing["name"],) and p.kept == ()
-
-
-def test_a_full_band_evicts_the_oldest_superseded_rule_of_the_key_before_the_write():
-    oldest = broker_rule("192.0.2.4", 22, T0, 100)
-    newer = broker_rule("192.0.2.4", 22, T0 + timedelta(minutes=30), 101)
-    foreign = arm_rule("r102", 102)
-    p = plan([newer, foreign, oldest], expires_at=T0 + timedelta(hours=1), band=(100, 102))
-    assert p.evicts == (oldest["name"],) and p.priority == 100
-    assert p.kept == (newer["name"],) and p.replaces == ()
-
-
-def test_a_full_band_with_nothing_superseded_is_still_a_conflict():
-    other_key = broker_rule("192.0.2.5", 22, T0, 100)
-    rules = [other_key, arm_rule("r101", 101), arm_rule("r102", 102)]
-    with pytest.raises(Conflict, match="no free inbound priority"):
-        plan(rules, band=(100, 102))
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "same"),
-    [
-        (OpenSet(frozenset({"203.0.113.10/32"}), T0), OpenSet(frozenset({"203.0.113.10/32"}), T0), True),
-        (
-            OpenSet(frozenset({"203.0.113.10/32"}), T0, frozenset({"g-1"})),
-            OpenSet(frozenset({"203.0.113.10/32"}), T0 + timedelta(microseconds=1), frozenset({"g-2"})),
-            False,  # a later second: the rule's name changes
-        ),
-        (
-            OpenSet(frozenset({"203.0.113.10/32"}), T0, frozenset({"g-1"})),
-            OpenSet(frozenset({"203.0.113.10/32"}), T0, frozenset({"g-2"})),
-            True,  # another grant from the same address lets in nobody new
-        ),
-        (OpenSet(frozenset(), None), OpenSet(frozenset(), None), True),
-        (OpenSet(frozenset({"203.0.113.10/32"}), T0), OpenSet(frozenset(), None), False),
-        (OpenSet(frozenset({"203.0.113.10/32"}), T0), OpenSet(frozenset({"203.0.113.11/32"}), T0), False),
-    ],
-)
-def test_open_sets_compare_by_the_access_they_give(a, b, same):
-    assert a.same_access(b) is same
-    assert b.same_access(a) is same
-
-
-def test_rules_for_other_ports_or_addresses_are_left_alone():
-    other_port = broker_rule("192.0.2.4", 3389, T0, 100)
-    other_vm = broker_rule("192.0.2.5", 22, T0, 101)
-    p = plan([other_port, other_vm])
-    assert p.replaces == () and p.priority == 102
-
-
-def test_sdk_models_and_flat_views_plan_the_same_as_arm_json():
+def test_sdk_models_and_flat_views_read_the_same_as_arm_json():
     from azure.mgmt.network import models
 
     raw = arm_rule("AllowWeb", 100, port="443")
     as_model = models.SecurityRule(raw)
     assert as_rule_view(as_model) == as_rule_view(raw) == as_rule_view(as_rule_view(raw).as_dict())
-    assert plan([as_model]).priority == 101
-
-
-def test_a_foreign_rule_holding_the_brokers_name_is_a_conflict_never_an_overwrite():
-    look_alike = arm_rule("jit-192.0.2.4-p22-x20300501T120000Z", 150, description="made by hand")
-    with pytest.raises(Conflict, match="did not write"):
-        plan([look_alike])
-
-
-def test_planning_refuses_an_empty_source_list():
-    with pytest.raises(InvalidRequest):
-        plan([], sources=())
+    from_model = exposure_warnings([as_model], port=443, private_ip="192.0.2.4", band=BAND)
+    assert from_model == exposure_warnings([raw], port=443, private_ip="192.0.2.4", band=BAND) != []
 
 
 # ---------------------------------------------------------------- warnings
