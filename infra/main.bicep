@@ -116,8 +116,14 @@ param pendingGrace string = 'PT2M'
 @description('Seconds between polls of an ARM long-running operation (a rule write or delete).')
 param armPollSeconds string = '1'
 
-@description('Seconds the broker waits for one ARM long-running operation before giving up on it.')
-param armTimeoutSeconds string = '120'
+@description('Seconds the broker waits for one ARM long-running operation (an NSG write) before giving up on it.')
+param armTimeoutSeconds string = '60'
+
+@description('Seconds a request waits for its NSG writes before answering 202 (pending, poll the grant); at most 25.')
+param answerBudgetSeconds string = '20'
+
+@description('Seconds one sweep may work before it stops and leaves the rest to the next run; below functionTimeout (120).')
+param sweepBudgetSeconds string = '90'
 
 @description('Prefix of the broker\'s tables: <prefix>grants, <prefix>expiry, <prefix>audit.')
 @minLength(1)
@@ -246,12 +252,14 @@ var brokerSettings = {
   JIT_ARM_ENDPOINT: environment().resourceManager
   JIT_ARM_POLL_SECONDS: armPollSeconds
   JIT_ARM_TIMEOUT_SECONDS: armTimeoutSeconds
+  JIT_ANSWER_BUDGET_SECONDS: answerBudgetSeconds
   JIT_TABLE_ENDPOINT: 'https://${storage.outputs.name}.table.${environment().suffixes.storage}'
   JIT_TABLE_PREFIX: tablePrefix
   AZURE_CLIENT_ID: identity.outputs.clientId
   JIT_SWEEP_SCHEDULE: sweepSchedule
   JIT_SWEEP_BATCH: string(sweepBatch)
   JIT_PENDING_GRACE: pendingGrace
+  JIT_SWEEP_BUDGET_SECONDS: sweepBudgetSeconds
 }
 
 module broker 'app/broker.bicep' = {

@@ -32,6 +32,7 @@ from jitbroker.model import Grant, GrantStatus
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
+POLL_AFTER_SECONDS = 2  # a pending grant's NSG pass usually ends within one ARM operation
 API_VERSION = "1"
 
 
@@ -286,10 +287,18 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
         response_model=GrantOut,
         status_code=201,
         tags=["grants"],
-        responses={200: {"model": GrantOut, "description": "The caller's open grant for it, extended"}},
+        responses={
+            200: {"model": GrantOut, "description": "The caller's open grant for it, extended"},
+            202: {
+                "model": GrantOut,
+                "description": "Recorded and still being written to the NSGs: poll `Location` (the grant) "
+                "after `Retry-After` seconds until its status is no longer `pending`",
+            },
+        },
     )
     def request_grant(body: GrantIn, principal: Caller, request: Request) -> JSONResponse:
-        """Open a port for the caller (201), or extend the caller's open grant for the same thing (200)."""
+        """Open a port for the caller (201), extend the caller's open grant for the same thing (200), or
+        answer within the time budget with the grant still pending (202, poll `Location`)."""
         ask = GrantRequest(
             vm=body.vm,
             resource_group=body.resource_group,
@@ -301,7 +310,11 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
             justification=body.justification,
         )
         grant, created = provide().grants.request(principal, address(request), ask)
-        return JSONResponse(GrantOut.of(grant).model_dump(mode="json"), status_code=201 if created else 200)
+        body_json = GrantOut.of(grant).model_dump(mode="json")
+        if grant.status is GrantStatus.PENDING:
+            headers = {"Location": f"/api/v1/grants/{grant.id}", "Retry-After": str(POLL_AFTER_SECONDS)}
+            return JSONResponse(body_json, status_code=202, headers=headers)
+        return JSONResponse(body_json, status_code=201 if created else 200)
 
     @app.get("/api/v1/grants", response_model=GrantList, tags=["grants"])
     def list_grants(

@@ -18,7 +18,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from jitbroker.errors import InvalidRequest, UpstreamError, UpstreamThrottled
+from jitbroker.errors import InvalidRequest, NsgLocked, UpstreamError, UpstreamThrottled
 from jitbroker.retry import retry
 
 T = TypeVar("T")
@@ -131,6 +131,11 @@ def arm_call(
         raise UpstreamError(f"Azure refused the broker's identity while {what}") from err
     except AzureError as err:
         code = error_code(err) or type(err).__name__
+        if code == "ScopeLocked":
+            raise NsgLocked(
+                f"a ReadOnly lock stops jit-broker while {what}: ask the resource's owners to remove "
+                "the lock or to take the VM out of just-in-time access"
+            ) from err
         if is_throttled(err):
             raise UpstreamThrottled(
                 f"Azure is throttling the broker ({code}) while {what}; retry later"

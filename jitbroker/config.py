@@ -6,8 +6,9 @@ The names are exactly those of `local.settings.sample.json`; that file and this 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TypeVar
 
@@ -35,6 +36,9 @@ class Settings:
     v1_issuer: str | None
     requester_role: str
     admin_role: str
+    api_scope: str
+    allowed_client_apps: frozenset[str]
+    key_refresh_cooldown_seconds: int
 
     allowed_scopes: tuple[str, ...]
     priority_min: int
@@ -58,6 +62,12 @@ class Settings:
     pending_grace: timedelta
     arm_poll_seconds: float
     arm_timeout_seconds: float
+    answer_budget_seconds: float
+    sweep_budget_seconds: float
+
+    def sweep(self) -> SweepSettings:
+        """The part of these settings the sweeper is built from."""
+        return SweepSettings(**{f.name: getattr(self, f.name) for f in fields(SweepSettings)})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +82,11 @@ class Settings:
             v1_issuer=reader.optional("JIT_V1_ISSUER"),
             requester_role=reader.text("JIT_REQUESTER_ROLE", "JIT.Requester"),
             admin_role=reader.text("JIT_ADMIN_ROLE", "JIT.Admin"),
+            api_scope=reader.parse("JIT_API_SCOPE", _scope_value, "user_impersonation"),
+            allowed_client_apps=reader.parse("JIT_ALLOWED_CLIENT_APPS", _client_ids, ""),
+            key_refresh_cooldown_seconds=reader.integer(
+                "JIT_KEY_REFRESH_COOLDOWN_SECONDS", "300", low=10, high=3600
+            ),
             allowed_scopes=reader.parse("JIT_ALLOWED_SCOPES", _scopes),
             priority_min=reader.integer("JIT_PRIORITY_MIN", "100", low=100, high=4096),
             priority_max=reader.integer("JIT_PRIORITY_MAX", "199", low=100, high=4096),
@@ -91,9 +106,54 @@ class Settings:
             sweep_batch=reader.integer("JIT_SWEEP_BATCH", "200", low=1, high=5000),
             pending_grace=reader.duration("JIT_PENDING_GRACE", "PT2M"),
             arm_poll_seconds=reader.number("JIT_ARM_POLL_SECONDS", "1", low=0.0, high=60.0),
-            arm_timeout_seconds=reader.number("JIT_ARM_TIMEOUT_SECONDS", "120", low=1.0, high=600.0),
+            arm_timeout_seconds=reader.number("JIT_ARM_TIMEOUT_SECONDS", "60", low=1.0, high=600.0),
+            answer_budget_seconds=reader.number("JIT_ANSWER_BUDGET_SECONDS", "20", low=1.0, high=25.0),
+            sweep_budget_seconds=reader.number("JIT_SWEEP_BUDGET_SECONDS", "90", low=5.0, high=600.0),
         )
         reader.check(settings)
+        reader.raise_if_any()
+        return settings
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What the sweeper needs, and nothing else: a settings error elsewhere never stops expiry."""
+
+    priority_min: int
+    priority_max: int
+    arm_endpoint: str
+    table_endpoint: str | None
+    table_connection_string: str | None
+    table_prefix: str
+    azure_client_id: str | None
+    sweep_batch: int
+    pending_grace: timedelta
+    arm_poll_seconds: float
+    arm_timeout_seconds: float
+    sweep_budget_seconds: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SweepSettings:
+        """Read and validate the sweeper's settings only; `ConfigError` names each bad one."""
+        reader = _Reader(os.environ if environ is None else environ)
+        settings = cls(
+            priority_min=reader.integer("JIT_PRIORITY_MIN", "100", low=100, high=4096),
+            priority_max=reader.integer("JIT_PRIORITY_MAX", "199", low=100, high=4096),
+            arm_endpoint=reader.url("JIT_ARM_ENDPOINT", "https://management.azure.com"),
+            table_endpoint=reader.optional("JIT_TABLE_ENDPOINT"),
+            table_connection_string=reader.optional("JIT_TABLE_CONNECTION_STRING"),
+            table_prefix=reader.parse("JIT_TABLE_PREFIX", _table_prefix, "jit"),
+            azure_client_id=reader.optional("AZURE_CLIENT_ID"),
+            sweep_batch=reader.integer("JIT_SWEEP_BATCH", "200", low=1, high=5000),
+            pending_grace=reader.duration("JIT_PENDING_GRACE", "PT2M"),
+            arm_poll_seconds=reader.number("JIT_ARM_POLL_SECONDS", "1", low=0.0, high=60.0),
+            arm_timeout_seconds=reader.number("JIT_ARM_TIMEOUT_SECONDS", "60", low=1.0, high=600.0),
+            sweep_budget_seconds=reader.number("JIT_SWEEP_BUDGET_SECONDS", "90", low=5.0, high=600.0),
+        )
+        if not settings.priority_min <= settings.priority_max:
+            reader.problem("JIT_PRIORITY_MIN must not be above JIT_PRIORITY_MAX")
+        if not (settings.table_connection_string or settings.table_endpoint):
+            reader.problem("set JIT_TABLE_ENDPOINT (Azure) or JIT_TABLE_CONNECTION_STRING (local)")
         reader.raise_if_any()
         return settings
 
@@ -164,6 +224,10 @@ class _Reader:
         if not (s.table_connection_string or s.table_endpoint):
             self._problems.append("set JIT_TABLE_ENDPOINT (Azure) or JIT_TABLE_CONNECTION_STRING (local)")
 
+    def problem(self, text: str) -> None:
+        if not self._problems:  # a malformed value already explains what follows from it
+            self._problems.append(text)
+
     def raise_if_any(self) -> None:
         if self._problems:
             raise ConfigError("invalid broker settings:\n  " + "\n  ".join(self._problems))
@@ -204,3 +268,22 @@ def _table_prefix(raw: str) -> str:
     if not (raw.isascii() and raw.isalnum() and raw[0].isalpha() and len(raw) <= 20):
         raise ValueError("must be letters and digits, starting with a letter, at most 20 characters")
     return raw
+
+
+def _scope_value(raw: str) -> str:
+    if any(char.isspace() for char in raw) or "/" in raw:
+        raise ValueError(
+            "must be the scope's value as the token's scp claim carries it (e.g. user_impersonation)"
+        )
+    return raw
+
+
+_CLIENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _client_ids(raw: str) -> frozenset[str]:
+    ids = frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
+    wrong = sorted(client for client in ids if not _CLIENT_ID.fullmatch(client))
+    if wrong:
+        raise ValueError(f"not client ids (GUIDs): {', '.join(wrong)}")
+    return ids

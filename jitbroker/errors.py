@@ -10,7 +10,9 @@
     ├── Conflict                  409 conflict
     │   ├── VmNotRunning          409 vm_not_running
     │   ├── NoNetworkSecurityGroup 409 no_nsg
-    │   └── AddressFamilyMismatch 409 address_family_mismatch
+    │   ├── AddressFamilyMismatch 409 address_family_mismatch
+    │   ├── AddressAmbiguous      409 address_ambiguous
+    │   └── NsgLocked             409 nsg_locked
     └── UpstreamError             502 upstream_error
         └── UpstreamThrottled     503 upstream_throttled
 
@@ -97,6 +99,18 @@ class AddressFamilyMismatch(Conflict):
     code = "address_family_mismatch"
 
 
+class AddressAmbiguous(Conflict):
+    """Another VM behind the same NSG has this VM's private address: a rule could not tell them apart."""
+
+    code = "address_ambiguous"
+
+
+class NsgLocked(Conflict):
+    """The VM's NSG carries a ReadOnly lock (ARM's `ScopeLocked`), so the broker cannot write to it."""
+
+    code = "nsg_locked"
+
+
 class UpstreamError(JitError):
     """Azure (ARM or Table Storage) failed in a way retries did not cure."""
 
@@ -109,3 +123,21 @@ class UpstreamThrottled(UpstreamError):
 
     status = 503
     code = "upstream_throttled"
+
+
+class UserTokenRequired(NotAllowed):
+    """The token is an application's own (app-only, client credentials), not one a user delegated: 403."""
+
+    code = "user_token_required"
+
+
+class InsufficientScope(NotAllowed):
+    """A user's token for the broker without its delegated scope or one of its app roles: 403."""
+
+    code = "insufficient_scope"
+
+
+class ClientAppNotAllowed(NotAllowed):
+    """The token was obtained through a client application the broker is not configured to accept: 403."""
+
+    code = "client_app_not_allowed"

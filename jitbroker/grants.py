@@ -1,31 +1,31 @@
-"""The grant lifecycle: request, extend, revoke — the state machine of DESIGN §4 over the adapters.
+"""The grant lifecycle: request, extend, revoke — the state machine of docs/design.md over the adapters.
 
     pending (recorded with its expiry, before any rule) -> active (rules written) -> revoked | expired
-                                                        \\-> failed (partial rules removed, reason recorded)
+                                                        \\-> failed (reason recorded, sources taken out)
 
-Rules are coalesced: one broker rule per (NSG, VM private IP, port), its sources every open grant's source.
-The store is the only truth about what is open, and every change to it comes first: a grant is recorded
-`pending` before its rule write, and a revoke, expiry or failure is recorded before the write that drops
-its source. The writer reads the open set right before each write and again after it, writing until the
-two agree (`jitbroker.network`), so broker processes converge without ever writing a whole NSG. A close
-whose rule write fails still stands: the source is no longer open in the store, and the sweeper's orphan
-pass removes it from the rule (the answer says so in `warnings`).
+The store is the only truth about what is open: a grant is recorded `pending` and made visible to its NSGs'
+reconcilers before any rule, and the reconciler (`jitbroker.reconciler`) makes each NSG hold exactly its open
+grants' sources. A request waits for its NSGs' passes within the answer budget; a grant whose pass is not
+done by then is answered `202` while still pending, and the pass (or the caller's next `GET`) finishes it.
+Closing lives in `jitbroker.closing`, shared with the sweeper.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from jitbroker import policy
+from jitbroker import policy, rules
+from jitbroker.closing import Closer
 from jitbroker.config import Settings
 from jitbroker.durations import format_duration
 from jitbroker.errors import (
+    AddressAmbiguous,
     Conflict,
     InvalidRequest,
     JitError,
@@ -35,16 +35,12 @@ from jitbroker.errors import (
     VmNotEligible,
 )
 from jitbroker.identity.principal import Principal
-from jitbroker.model import AuditEvent, ConnectInfo, Grant, GrantStatus, NsgRuleRef, VmTopology
-from jitbroker.rules import OpenSet
+from jitbroker.model import ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening, VmTopology
+from jitbroker.reconciler import PassResult, StillWorking
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-CLOSE_PENDING_NOTE = (
-    "the grant is closed, but its NSG rule could not be updated just now; the sweeper removes the source "
-    "from the rule within one sweep interval"
-)
 
 
 class GrantStorePort(Protocol):
@@ -53,12 +49,12 @@ class GrantStorePort(Protocol):
     def create(self, grant: Grant) -> Grant: ...
     def get(self, grant_id: str) -> Grant: ...
     def replace(self, grant: Grant) -> Grant: ...
+    def open_rows(self, grant: Grant) -> None: ...
+    def extend_open_rows(self, grant: Grant) -> None: ...
+    def drop_open_rows(self, grant: Grant) -> None: ...
+    def openings(self, nsg_id: str) -> list[Opening]: ...
     def list_for_principal(self, oid: str, status: GrantStatus | None = None) -> list[Grant]: ...
     def list_all(self, status: GrantStatus | None = None) -> list[Grant]: ...
-    def open_for_vm_port(self, vm_id: str, port: int) -> list[Grant]: ...
-    def find_open(self, principal: str, vm_id: str, port: int, source: str) -> Grant | None: ...
-    def record(self, event: AuditEvent) -> None: ...
-    def note_nsgs(self, nsg_ids: Iterable[str]) -> None: ...
 
 
 class TopologyPort(Protocol):
@@ -66,35 +62,14 @@ class TopologyPort(Protocol):
 
     def resolve(self, vm_id: str) -> VmTopology: ...
     def list_vms(self, scope: str) -> list[VmTopology]: ...
-    def nsg(self, nsg_id: str) -> dict[str, Any]: ...
 
 
-class WriterPort(Protocol):
-    """How the lifecycle changes NSGs (implemented by `jitbroker.network.NsgWriter`)."""
+class ReconcilerPort(Protocol):
+    """How the lifecycle has NSGs follow the store (implemented by `jitbroker.reconciler.NsgReconciler`)."""
 
-    def converge(
-        self,
-        nsg_id: str,
-        *,
-        vm_name: str,
-        private_ip: str,
-        port: int,
-        wanted: Callable[[], OpenSet],
-    ) -> NsgRuleRef | None: ...
-
-
-# (VM, port, private IP, source, the priority of the broker's rule per NSG) -> warnings, computed after the
-# write from the NSG view the writer just read.
-WarningsFn = Callable[[VmTopology, int, str, str, Mapping[str, int]], list[str]]
-
-
-@dataclass
-class CloseReport:
-    """What `close_many` did: the grants it closed, the ones someone else moved first, and what failed."""
-
-    closed: list[Grant] = field(default_factory=list)
-    skipped: int = 0
-    errors: list[str] = field(default_factory=list)
+    def reconcile_all(
+        self, nsg_ids: Iterable[str], *, timeout: float | None = None
+    ) -> dict[str, PassResult]: ...
 
 
 @dataclass(frozen=True)
@@ -132,7 +107,7 @@ def new_grant_id() -> str:
 
 
 class GrantService:
-    """Requests, extends and revokes grants; the only place that moves a grant between states."""
+    """Requests, extends and revokes grants; with `Closer`, the only code that moves a grant's state."""
 
     def __init__(
         self,
@@ -140,25 +115,32 @@ class GrantService:
         settings: Settings,
         store: GrantStorePort,
         topology: TopologyPort,
-        writer: WriterPort,
+        reconciler: ReconcilerPort,
+        closer: Closer,
         clock: Clock,
         new_id: Callable[[], str] = new_grant_id,
-        warnings: WarningsFn | None = None,
+        answer_budget: float = 20.0,
     ) -> None:
         self._settings = settings
         self._store = store
         self._topology = topology
-        self._writer = writer
+        self._reconciler = reconciler
+        self._closer = closer
         self._clock = clock
         self._new_id = new_id
-        self._warnings = warnings
+        self._budget = answer_budget
 
     # -- queries ---------------------------------------------------------------------------------------------
 
     def get(self, principal: Principal, grant_id: str) -> Grant:
-        """One grant, for its owner or an admin."""
+        """One grant, for its owner or an admin; a pending one is driven on towards active first."""
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "see")
+        if (
+            grant.status is GrantStatus.PENDING
+            and grant.created_at + self._settings.pending_grace > self._clock()
+        ):
+            return self._settle(grant)
         return grant
 
     def list_grants(
@@ -210,11 +192,14 @@ class GrantService:
         self, principal: Principal, caller: policy.IpAddress | None, ask: GrantRequest
     ) -> tuple[Grant, bool]:
         """Open a port for the caller; returns (grant, created). An open grant for the same principal, VM,
-        port and source is extended within policy instead of adding a second one (created is then False)."""
+        port and source is extended within policy instead of adding a second one (created is then False).
+        A grant still `pending` when returned is being written; its `GET` finishes it."""
         try:
             return self._request(principal, caller, ask)
         except (NotAllowed, InvalidRequest, NotFound, Conflict) as err:
-            self._audit("denied", None, principal, source=ask.source, reason=f"{err.code}: {err.message}")
+            self._closer.audit(
+                "denied", None, principal, source=ask.source, reason=f"{err.code}: {err.message}"
+            )
             raise
 
     def _request(
@@ -235,7 +220,7 @@ class GrantService:
         private_ip = policy.choose_private_ip(vm, source)
         now = self._clock().replace(microsecond=0)  # whole seconds, as rule names carry them
 
-        existing = self._store.find_open(principal.oid, vm.vm_id, port, str(source))
+        existing = self._open_on_path(principal.oid, vm, port, str(source), private_ip=private_ip, now=now)
         if existing is not None:
             return self._extend(existing, duration, now), False
 
@@ -254,34 +239,91 @@ class GrantService:
             updated_at=now,
             justification=justification,
             connect=_connect_info(vm, private_ip),
+            nsg_ids=vm.nsg_ids,
         )
         # Each event is written ahead of the record change it reports: a broker that dies between the two
         # leaves the event (the sweeper then finishes the record), never a record with no event.
-        self._audit("requested", grant, principal, detail=justification)
+        self._closer.audit("requested", grant, principal, detail=justification)
         grant = self._store.create(grant)
         try:
-            self._store.note_nsgs(vm.nsg_ids)  # before any rule, so a crash leaves the sweeper a trail
-            refs = self._sync(grant, vm.nsg_ids)
+            self._store.open_rows(grant)
+            if not self._store.get(grant.id).status.is_open:  # closed while we indexed it (a stalled broker)
+                self._store.drop_open_rows(grant)
+                return self._store.get(grant.id), True
         except Exception as err:
-            self._fail(grant, vm.nsg_ids, err)
-            raise _as_jit_error(err) from err
-        warnings = self._warnings_for(vm, port, private_ip, str(source), refs)
-        self._audit("granted", grant, principal, detail=",".join(r.rule_name for r in refs))
-        active = self._transition(grant, status=GrantStatus.ACTIVE, nsg_rules=tuple(refs), warnings=warnings)
-        return active, True
+            raise self._fail(grant, err) from err
+        return self._settle(grant), True
+
+    def _open_on_path(
+        self, oid: str, vm: VmTopology, port: int, source: str, *, private_ip: str, now: datetime
+    ) -> Grant | None:
+        """The caller's open grant for this VM, port and source, if any; refuses a VM whose private address
+        another VM behind the same NSG holds a grant for (a rule could not tell them apart)."""
+        for nsg_id in vm.nsg_ids:
+            for opening in self._store.openings(nsg_id):
+                if opening.expires_at <= now or opening.private_ip != private_ip:
+                    continue
+                if opening.vm_id.lower() != vm.vm_id.lower():
+                    raise AddressAmbiguous(
+                        f"VM {opening.vm_name} behind the same network security group has the same "
+                        f"private address {private_ip} and an open grant; a rule cannot tell the two apart. "
+                        "Try again when that grant has ended, or ask an admin to give one VM another address"
+                    )
+                if opening.principal == oid and opening.port == port and _same_source(opening.source, source):
+                    grant = self._store.get(opening.grant_id)
+                    if grant.status.is_open:
+                        return grant
+        return None
+
+    def _settle(self, grant: Grant) -> Grant:
+        """Wait (within the answer budget) for the grant's NSG passes; active when every NSG holds its
+        source, failed with the reason when one refuses it, still pending when the passes run long."""
+        try:
+            results = self._reconciler.reconcile_all(grant.nsg_ids, timeout=self._budget)
+        except StillWorking:
+            return grant
+        except Exception as err:
+            raise self._fail(grant, err) from err
+        refs: list[NsgRuleRef] = []
+        for nsg_id, result in results.items():
+            refusal = result.plan.refused.get(grant.id)
+            if refusal is not None:
+                raise self._fail(grant, refusal)
+            placed = result.plan.rule_for(grant.id)
+            if placed is None:  # closed or expired meanwhile: the store says what happened
+                return self._store.get(grant.id)
+            refs.append(NsgRuleRef(nsg_id, placed.name, placed.priority))
+        try:
+            warnings = (*grant.warnings, *self._warnings_for(grant, results, refs))
+            self._closer.audit("granted", grant, None, detail=",".join(r.rule_name for r in refs))
+            return self._transition(
+                grant,
+                status=GrantStatus.ACTIVE,
+                nsg_rules=tuple(refs),
+                warnings=tuple(dict.fromkeys(warnings)),
+            )
+        except Exception as err:
+            raise self._fail(grant, err) from err
 
     def _warnings_for(
-        self, vm: VmTopology, port: int, private_ip: str, source: str, refs: Iterable[NsgRuleRef]
-    ) -> tuple[str, ...]:
-        """Why the grant may be pointless or useless; never a reason to fail the grant."""
-        if self._warnings is None:
-            return ()
+        self, grant: Grant, results: Mapping[str, PassResult], refs: Iterable[NsgRuleRef]
+    ) -> list[str]:
+        """Why the grant may be pointless or useless (read from the NSGs the passes saw); never a failure."""
         priorities = {ref.nsg_id.lower(): ref.priority for ref in refs}
-        try:
-            return tuple(self._warnings(vm, port, private_ip, source, priorities))
-        except Exception:
-            log.warning("could not analyse the NSGs of %s for warnings", vm.name, exc_info=True)
-            return ()
+        band = (self._settings.priority_min, self._settings.priority_max)
+        found: list[str] = []
+        for nsg_id, result in results.items():
+            found.extend(
+                rules.exposure_warnings(
+                    result.security_rules,
+                    port=grant.port,
+                    private_ip=grant.private_ip or "",
+                    band=band,
+                    source=grant.source,
+                    priority=priorities.get(nsg_id.lower()),
+                )
+            )
+        return found
 
     def _find_vm(self, ask: GrantRequest) -> VmTopology:
         """The VM named by id, by subscription + resource group + name, or by a name unique in the scopes."""
@@ -368,14 +410,25 @@ class GrantService:
             note = f"expiry capped by the maximum total duration of {total}"
             warnings = (*(w for w in warnings if w != note), note)
         if expires_at == grant.expires_at and warnings == grant.warnings:
-            return grant
-        # The record first: the rule's name carries the latest expiry of the open grants it reads.
+            return self._settle(grant) if grant.status is GrantStatus.PENDING else grant
+        # The record first, then the rows its reconcilers read: a rule's name carries the latest expiry.
         longer = self._transition(grant, expires_at=expires_at, warnings=warnings)
+        self._store.extend_open_rows(longer)
+        self._closer.audit("extended", longer, None, detail=longer.expires_at.isoformat())
+        if longer.status is GrantStatus.PENDING:
+            return self._settle(longer)
         if longer.status is GrantStatus.ACTIVE and longer.expires_at != grant.expires_at:
-            refs = tuple(self._sync(longer, _nsgs_of(longer)))
+            try:
+                results = self._reconciler.reconcile_all(longer.nsg_ids, timeout=self._budget)
+            except StillWorking:
+                return longer  # the record holds the new expiry; the pass renames the rule shortly
+            refs = tuple(
+                NsgRuleRef(nsg_id, placed.name, placed.priority)
+                for nsg_id, result in results.items()
+                if (placed := result.plan.rule_for(longer.id)) is not None
+            )
             if refs and refs != longer.nsg_rules:
                 longer = self._transition(longer, nsg_rules=refs)
-        self._audit("extended", longer, None, detail=longer.expires_at.isoformat())
         return longer
 
     # -- revoke ----------------------------------------------------------------------------------------------
@@ -384,142 +437,20 @@ class GrantService:
         """Record the grant revoked, then take its source out of every rule; revoking twice is fine."""
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "revoke")
-        return self.close(grant, GrantStatus.REVOKED, by=principal)
-
-    def close(
-        self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None
-    ) -> Grant:
-        """End an open grant as revoked, expired or failed: the record moves first, then its source leaves
-        every rule. A grant that is no longer open is returned unchanged. If the rule write fails the close
-        still stands (the store no longer holds the source open); the answer carries a warning saying the
-        sweeper will finish it."""
-        if not grant.status.is_open:
-            return grant
-        closed = self._record_closed(grant, status, by=by, reason=reason)
-        try:
-            self._sync(closed, _nsgs_of(grant) or self._nsgs_for(grant))
-        except Exception:
-            log.warning("grant %s is %s but its rule write failed; the sweeper will", grant.id, closed.status)
-            return replace(closed, warnings=(*closed.warnings, CLOSE_PENDING_NOTE))
-        return closed
-
-    def close_many(
-        self, grants: Iterable[Grant], status: GrantStatus, *, reason: str | None = None, workers: int = 8
-    ) -> CloseReport:
-        """Close many open grants (the sweeper): record each closed, then one rule convergence per
-        (VM address, port) and NSG, concurrently (the writer orders what one NSG must take in turn).
-        A failed rule write is reported and left to the orphan pass; the grants stay closed."""
-        report = CloseReport()
-        todo = [g for g in grants if g.status.is_open]
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
-            for grant, outcome in zip(
-                todo, pool.map(lambda g: self._try_record_closed(g, status, reason), todo), strict=True
-            ):
-                if isinstance(outcome, Grant):
-                    report.closed.append(outcome)
-                elif isinstance(outcome, (Conflict, NotFound)):
-                    report.skipped += 1  # another sweep or a revoke got there first
-                else:
-                    report.errors.append(f"grant {grant.id}: {type(outcome).__name__}: {outcome}")
-            by_nsg: dict[str, dict[tuple[str, int, str], Grant]] = {}
-            for grant in todo:
-                private_ip = grant.connect.private_ip if grant.connect else None
-                if private_ip is None:
-                    continue
-                key = (grant.vm_id.lower(), grant.port, private_ip)
-                for nsg_id in _nsgs_of(grant) or self._nsgs_for(grant):
-                    by_nsg.setdefault(nsg_id, {}).setdefault(key, grant)
-            work = [(nsg_id, key, grant) for nsg_id, keys in by_nsg.items() for key, grant in keys.items()]
-            for failure in pool.map(lambda item: self._sync_key(*item), work):
-                if failure is not None:
-                    report.errors.append(failure)
-        return report
-
-    def _try_record_closed(self, grant: Grant, status: GrantStatus, reason: str | None) -> Grant | Exception:
-        try:
-            return self._record_closed(grant, status, by=None, reason=reason)
-        except Exception as err:  # reported per grant by close_many
-            return err
-
-    def _record_closed(
-        self, grant: Grant, status: GrantStatus, *, by: Principal | None, reason: str | None
-    ) -> Grant:
-        kind = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired"}.get(status, "failed")
-        self._audit(kind, grant, by, reason=reason)  # the event ahead of the record change it reports
-        return self._transition(grant, status=status, reason=reason)
-
-    def _sync_key(self, nsg_id: str, key: tuple[str, int, str], grant: Grant) -> str | None:
-        """Converge one rule key in one NSG; the error as text for the sweep report, or None."""
-        _, port, private_ip = key
-        try:
-            self._writer.converge(
-                nsg_id,
-                vm_name=grant.vm_name,
-                private_ip=private_ip,
-                port=port,
-                wanted=self._open_set_reader(grant.vm_id, port, private_ip),
-            )
-        except Exception as err:
-            return f"rule for {private_ip}:{port} in {nsg_id}: {type(err).__name__}: {err}"
-        return None
+        return self._closer.close(grant, GrantStatus.REVOKED, by=principal)
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _nsgs_for(self, grant: Grant) -> tuple[str, ...]:
-        """NSGs on a grant's path when the record does not name them yet (it died pending)."""
+    def _fail(self, grant: Grant, err: BaseException) -> JitError:
+        """End a grant that could not be opened (its sources leave every NSG) and say why to the caller."""
+        reason = err.message if isinstance(err, JitError) else "the broker could not open the port"
+        if not isinstance(err, JitError):
+            log.error("grant %s failed: %s", grant.id, type(err).__name__, exc_info=err)
         try:
-            return self._topology.resolve(grant.vm_id).nsg_ids
-        except NotFound:
-            return ()
-
-    def _sync(self, grant: Grant, nsg_ids: Iterable[str]) -> list[NsgRuleRef]:
-        """Make the (NSG, private IP, port) rules let in exactly the open grants' sources as the store holds
-        them, converging with other writers (`NsgWriter.converge`)."""
-        private_ip = grant.connect.private_ip if grant.connect else None
-        if private_ip is None:
-            return []
-        wanted = self._open_set_reader(grant.vm_id, grant.port, private_ip)
-        refs: list[NsgRuleRef] = []
-        for nsg_id in dict.fromkeys(nsg_ids):
-            ref = self._writer.converge(
-                nsg_id, vm_name=grant.vm_name, private_ip=private_ip, port=grant.port, wanted=wanted
-            )
-            if ref is not None:
-                refs.append(ref)
-        return refs
-
-    def _open_set_reader(self, vm_id: str, port: int, private_ip: str) -> Callable[[], OpenSet]:
-        def read() -> OpenSet:
-            now = self._clock()
-            open_grants = [
-                g
-                for g in self._store.open_for_vm_port(vm_id, port)
-                if g.status.is_open
-                and g.expires_at > now
-                and g.connect is not None
-                and g.connect.private_ip == private_ip
-            ]
-            if not open_grants:
-                return OpenSet(frozenset(), None)
-            return OpenSet(
-                frozenset(g.source for g in open_grants),
-                max(g.expires_at for g in open_grants),
-                frozenset(g.id for g in open_grants),
-            )
-
-        return read
-
-    def _fail(self, grant: Grant, nsg_ids: tuple[str, ...], err: Exception) -> None:
-        reason = err.message if isinstance(err, JitError) else f"{type(err).__name__}: {err}"
-        try:
-            closed = self._record_closed(grant, GrantStatus.FAILED, by=None, reason=reason)
+            self._closer.close(grant, GrantStatus.FAILED, reason=reason)
         except Exception:
             log.exception("could not mark grant %s failed; the sweeper will", grant.id)
-            return  # still pending in the store, so its source stays wanted: the sweeper undoes it
-        try:
-            self._sync(closed, nsg_ids)
-        except Exception:
-            log.exception("could not remove grant %s's partial rules; the sweeper will", grant.id)
+        return _as_jit_error(err)
 
     def _transition(self, grant: Grant, **changes: Any) -> Grant:
         """Store a change with the grant's etag; on a concurrent change, re-read and apply it once more unless
@@ -536,34 +467,6 @@ class GrantService:
     def _require_owner_or_admin(self, principal: Principal, grant: Grant, verb: str) -> None:
         if grant.principal != principal.oid and not policy.is_admin(principal.roles, self._settings):
             raise NotAllowed(f"only the grant's owner or an admin may {verb} grant {grant.id}")
-
-    def _audit(
-        self,
-        kind: str,
-        grant: Grant | None,
-        by: Principal | None,
-        *,
-        source: str | None = None,
-        vm_id: str | None = None,
-        port: int | None = None,
-        reason: str | None = None,
-        detail: str | None = None,
-    ) -> None:
-        event = AuditEvent(
-            kind=kind,
-            at=self._clock(),
-            grant_id=grant.id if grant else None,
-            principal=by.oid if by else (grant.principal if grant else None),
-            source=grant.source if grant else source,
-            vm_id=grant.vm_id if grant else vm_id,
-            port=grant.port if grant else port,
-            reason=reason,
-            detail=detail,
-        )
-        try:
-            self._store.record(event)
-        except Exception:
-            log.exception("could not record audit event %s for grant %s", kind, event.grant_id)
 
 
 def _is_vm_id(vm_id: str) -> bool:
@@ -586,10 +489,6 @@ def _is_vm_id(vm_id: str) -> bool:
     )
 
 
-def _nsgs_of(grant: Grant) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(ref.nsg_id for ref in grant.nsg_rules))
-
-
 def _connect_info(vm: VmTopology, private_ip: str) -> ConnectInfo:
     address = next(a for a in vm.addresses if a.private_ip == private_ip)
     return ConnectInfo(
@@ -602,7 +501,14 @@ def _connect_info(vm: VmTopology, private_ip: str) -> ConnectInfo:
     )
 
 
-def _as_jit_error(err: Exception) -> JitError:
+def _same_source(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_network(a, strict=False) == ipaddress.ip_network(b, strict=False)
+    except ValueError:
+        return a == b
+
+
+def _as_jit_error(err: BaseException) -> JitError:
     if isinstance(err, JitError):
         return err
     return UpstreamError("the broker could not open the port; the grant failed and nothing was left open")

@@ -47,7 +47,9 @@ class ConnectInfo:
 class Grant:
     """A person's time-bounded permission to reach one port of one VM from one source prefix.
 
-    `etag` is the store's concurrency token for the record it was read from (None before it is stored).
+    `nsg_ids` are the NSGs on the VM's path when the grant was recorded: the ones whose rules hold its
+    source. `etag` is the store's concurrency token for the record it was read from (None before it is
+    stored).
     """
 
     id: str
@@ -67,7 +69,13 @@ class Grant:
     connect: ConnectInfo | None = None
     warnings: tuple[str, ...] = ()
     reason: str | None = None
+    nsg_ids: tuple[str, ...] = ()
     etag: str | None = field(default=None, compare=False)
+
+    @property
+    def private_ip(self) -> str | None:
+        """The VM address the grant's rules let traffic in to."""
+        return self.connect.private_ip if self.connect else None
 
 
 @dataclass(frozen=True)
@@ -120,3 +128,18 @@ class AuditEvent:
     port: int | None
     reason: str | None = None
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Opening:
+    """One open grant as its NSG's reconciler needs it: who gets in, to which VM and port, until when."""
+
+    grant_id: str
+    principal: str
+    vm_id: str
+    vm_name: str
+    private_ip: str
+    port: int
+    source: str
+    expires_at: datetime
+    created_at: datetime

@@ -90,6 +90,12 @@ def retry_after_seconds(err: BaseException, *, now: Callable[[], datetime] | Non
     return None if value is None else _parse_retry_after(value, now)
 
 
+def header_seconds(headers: Any) -> float | None:
+    """The pause a response's `Retry-After` header asks for, in seconds (None when absent or unreadable)."""
+    value = _header(headers, "retry-after")
+    return None if value is None else _parse_retry_after(value, None)
+
+
 def _parse_retry_after(value: str, now: Callable[[], datetime] | None) -> float | None:
     try:
         return max(0.0, float(value))

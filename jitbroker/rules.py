@@ -1,19 +1,15 @@
 """Pure planning of the broker's NSG rules: naming, ownership, priorities, source lists and warnings.
 
-The broker coalesces grants: one inbound allow rule per (NSG, VM private IP, port) whose source list holds
-every open grant's source. The rule's name carries the VM address, the port and the latest expiry, so the
-sweeper can remove an expired rule from the NSG alone, without the store:
+In each NSG the broker keeps one inbound allow rule per (VM private IP, port) whose source list holds every
+open grant's source (`jitbroker.nsgplan` plans the whole collection). The rule's name carries the VM
+address, the port and the latest expiry, so the sweeper can remove an expired rule from the NSG alone,
+without the store:
 
     jit-192.0.2.4-p22-x20250101T120000Z
     jit-2001.0db8.0000.0000.0000.0000.0000.0004-p22-x20250101T120000Z     (IPv6, exploded, ':' -> '.')
 
 and its description starts with a marker (`jit-broker:`) and repeats the expiry; `is_broker_rule` requires
 both, so a rule someone else wrote is never taken for ours. Nothing here does I/O.
-
-A grant that ends later than the others renames the key's rule. To keep a grant at one ARM write per NSG,
-the rule it supersedes is left in place when it is harmless — its sources are a subset of the open set and
-its own expiry is no later — and goes at its own expiry (the sweeper) or with the next write on the key that
-removes a source. Superseded rules are evicted first when the priority band runs out.
 """
 
 from __future__ import annotations
@@ -22,11 +18,11 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jitbroker.errors import Conflict, InvalidRequest
+from jitbroker.errors import InvalidRequest
 
 MARKER = "jit-broker:"
 DESCRIPTION_LIMIT = 140  # ARM: "Restricted to 140 chars"
@@ -66,63 +62,6 @@ class RuleView:
         for key in ("source_prefixes", "destination_prefixes", "destination_ports"):
             data[key] = list(data[key])
         return data
-
-
-@dataclass(frozen=True)
-class OpenSet:
-    """What the broker's rules for one (VM address, port) must let in: the open grants' sources, the latest
-    of their expiries (None when nothing is open) and their ids (for the rule's description)."""
-
-    sources: frozenset[str]
-    expires_at: datetime | None
-    grant_ids: frozenset[str] = frozenset()
-
-    def same_access(self, other: OpenSet) -> bool:
-        """True when both open the same sources until the same second (ids only change a description)."""
-        mine = {_canonical(s) for s in self.sources}
-        theirs = {_canonical(s) for s in other.sources}
-        if mine != theirs:
-            return False
-        if not mine:
-            return True
-        return _ceil_or_none(self.expires_at) == _ceil_or_none(other.expires_at)
-
-
-@dataclass(frozen=True)
-class RulePlan:
-    """What one NSG should hold for one (VM private IP, port): the rule to PUT and the stale ones to delete.
-
-    `unchanged` means the NSG already holds exactly this rule, so no write is needed. Other broker rules for
-    the key are sorted three ways: `replaces` (they let in a source the plan does not, or outlast it: delete
-    once the new rule is in place), `evicts` (superseded rules to delete *before* the PUT, only when the band
-    has no free priority left), and `kept` (superseded and harmless: left for their own expiry).
-    """
-
-    name: str
-    priority: int
-    private_ip: str
-    port: int
-    sources: tuple[str, ...]
-    expires_at: datetime
-    description: str
-    replaces: tuple[str, ...] = ()
-    unchanged: bool = False
-    evicts: tuple[str, ...] = ()
-    kept: tuple[str, ...] = ()
-
-    def arm_properties(self) -> dict[str, Any]:
-        """The rule's ARM `properties`: inbound TCP allow, one port, the VM's private IP, the source list."""
-        return {
-            "description": self.description,
-            "protocol": "Tcp",
-            "sourcePortRange": "*",
-            "destinationPortRange": str(self.port),
-            "sourceAddressPrefixes": list(self.sources),
-            "destinationAddressPrefix": self.private_ip,
-            "access": "Allow",
-            "priority": self.priority,
-            "direction": "Inbound",
-        }
 
 
 # ---------------------------------------------------------------- names and ownership
@@ -293,90 +232,6 @@ def rules_for_key(nsg_rules: Iterable[Any], private_ip: str, port: int) -> list[
     key = (str(_address(private_ip)), port)
     views = [as_rule_view(r) for r in nsg_rules]
     return [v for v in views if is_broker_rule(v) and rule_key(v.name) == key]
-
-
-def plan_rule(
-    nsg_rules: Iterable[Any],
-    *,
-    vm_name: str,
-    private_ip: str,
-    port: int,
-    sources: Collection[str],
-    expires_at: datetime,
-    band: Band,
-    grant_ids: Collection[str] = (),
-    now: datetime | None = None,
-) -> RulePlan:
-    """Plan the one broker rule for (NSG, private IP, port) holding `sources` until `expires_at`.
-
-    Reuses the priority of a same-named rule (an in-place update); otherwise takes the lowest priority in
-    `band` that no inbound rule uses, evicting superseded rules of the key when none is free. Other broker
-    rules of the key are either harmless and `kept`, or listed in `replaces` (see `RulePlan`); one whose
-    own expiry is not after `now` is never kept.
-    """
-    _check_band(band)
-    _check_port(port)
-    address = str(_address(private_ip))
-    canonical = normalise_sources(sources, address)
-    if not canonical:
-        raise InvalidRequest("a rule needs at least one source; remove the rule instead")
-    if expires_at.tzinfo is None:
-        raise ValueError("expires_at must be timezone-aware")
-    views = [as_rule_view(r) for r in nsg_rules]
-    name = rule_name(address, port, expires_at)
-    description = describe(vm_name=vm_name, expires_at=expires_at, sources=canonical, grant_ids=grant_ids)
-    if any(v.name.lower() == name.lower() and not is_broker_rule(v) for v in views):
-        raise Conflict(f"the NSG already holds a rule named {name} that jit-broker did not write")
-    ours = rules_for_key(views, address, port)
-    same = next((v for v in ours if v.name == name), None)
-    others = [v for v in ours if v.name != name]
-    harmless = [
-        v
-        for v in others
-        if _superseded_by(v, set(canonical), _ceil_second(expires_at))
-        and (now is None or (rule_expiry(v.name) or now) > now)
-    ]
-    replaces = tuple(sorted(v.name for v in others if v not in harmless))
-    if same is not None:
-        kept = tuple(sorted(v.name for v in harmless))
-        plan = RulePlan(name, same.priority, address, port, canonical, expires_at, description, replaces)
-        return replace(plan, unchanged=_matches(same, plan), kept=kept)
-    used = {v.priority for v in views if v.direction.lower() == "inbound"}
-    priority = next((p for p in range(band[0], band[1] + 1) if p not in used), None)
-    evicts: tuple[str, ...] = ()
-    if priority is None:
-        # Oldest superseded rule first: its sources are in the newer rules, so nobody loses the door.
-        in_band = [v for v in harmless if band[0] <= v.priority <= band[1]]
-        if not in_band:
-            raise Conflict(f"no free inbound priority left between {band[0]} and {band[1]} in this NSG")
-        victim = min(in_band, key=lambda v: (rule_expiry(v.name) or expires_at, v.name))
-        priority, evicts = victim.priority, (victim.name,)
-    kept = tuple(sorted(v.name for v in harmless if v.name not in evicts))
-    return RulePlan(
-        name, priority, address, port, canonical, expires_at, description, replaces, evicts=evicts, kept=kept
-    )
-
-
-def _superseded_by(rule: RuleView, wanted: set[str], expires_at: datetime) -> bool:
-    """A broker rule that may stay beside the planned one: it lets in nobody the plan does not, no longer."""
-    expiry = rule_expiry(rule.name)
-    return (
-        expiry is not None
-        and expiry <= expires_at
-        and {_canonical(p) for p in rule.source_prefixes} <= wanted
-    )
-
-
-def _matches(rule: RuleView, plan: RulePlan) -> bool:
-    props = plan.arm_properties()
-    return (
-        rule.priority == plan.priority
-        and rule.protocol.lower() == "tcp"
-        and rule.description == plan.description
-        and rule.destination_prefixes == (plan.private_ip,)
-        and rule.destination_ports == (props["destinationPortRange"],)
-        and set(rule.source_prefixes) == set(plan.sources)
-    )
 
 
 # ---------------------------------------------------------------- warnings

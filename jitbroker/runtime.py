@@ -1,30 +1,30 @@
-"""Wiring: everything the broker needs, built once per process from `Settings.from_env()`, on first use.
+"""Wiring: everything the broker needs, built once per process from the environment, on first use.
 
 `app` is the ASGI app uvicorn and `function_app.py` serve; `run_sweep()` is the timer's body. Building is lazy
 so that importing this module (the Functions host indexing `function_app.py`) reads no settings and opens no
-connection, and a timer-only instance never builds the HTTP side's verifier.
+connection. The sweeper is built from `SweepSettings` alone, so a settings error on the HTTP side (a token
+setting, a scope) never stops expiry; a process that serves HTTP shares its adapters with its sweeper.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from jitbroker import rules
 from jitbroker.api import Services, create_app
-from jitbroker.config import Settings
+from jitbroker.closing import Closer
+from jitbroker.config import Settings, SweepSettings
 from jitbroker.grants import GrantService
 from jitbroker.identity import TokenVerifier
-from jitbroker.model import VmTopology
 from jitbroker.sweeper import Sweeper, SweepReport
 
 if TYPE_CHECKING:
-    from jitbroker.network import NsgWriter
+    from jitbroker.clients import AzureClients
+    from jitbroker.reconciler import NsgReconciler
     from jitbroker.store import GrantStore
     from jitbroker.topology import TopologyReader
 
@@ -37,6 +37,17 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """The adapters a sweep needs: storage, the NSG reconciler and closing, over one set of clients."""
+
+    clients: AzureClients
+    store: GrantStore
+    reconciler: NsgReconciler
+    closer: Closer
+    sweeper: Sweeper
+
+
+@dataclass(frozen=True)
 class Broker:
     """The whole broker of one process: HTTP services and the sweeper, sharing adapters and caches."""
 
@@ -44,17 +55,21 @@ class Broker:
     sweeper: Sweeper
     store: GrantStore
     topology: TopologyReader
-    writer: NsgWriter
+    reconciler: NsgReconciler
 
 
-def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Broker:
-    """Build every part from settings; `clock` is injectable so tests can sweep at a chosen time."""
+def build_backend(
+    settings: SweepSettings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    answer_budget: float = 20.0,
+    topology: Callable[[AzureClients], TopologyReader] | None = None,
+) -> tuple[Backend, TopologyReader | None]:
+    """Storage, reconciler, closer and sweeper from the sweeper's settings (the HTTP side adds the rest)."""
     from jitbroker.clients import AzureClients
-    from jitbroker.network import NsgWriter
+    from jitbroker.reconciler import NsgReconciler
     from jitbroker.store import GrantStore
-    from jitbroker.topology import TopologyReader
 
-    now = clock
     clients = AzureClients(
         arm_endpoint=settings.arm_endpoint,
         table_endpoint=settings.table_endpoint,
@@ -62,49 +77,52 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         managed_identity_client_id=settings.azure_client_id,
         poll_interval=settings.arm_poll_seconds,
     )
-    topology = TopologyReader(clients, cache_seconds=settings.topology_cache_seconds, clock=now)
-    band = (settings.priority_min, settings.priority_max)
-    store = GrantStore(clients.table_service(), prefix=settings.table_prefix, clock=now)
+    store = GrantStore(clients.table_service(), prefix=settings.table_prefix, clock=clock)
     store.ensure_tables()
-
-    def key_lease(name: str) -> AbstractContextManager[None]:
-        # 30 s covers a read-plan-write up to ARM accepting the write (after that the write is visible, so a
-        # lease that lapses while its holder waits for the operation lets the next writer plan from it);
-        # a broker that dies holding it delays that one rule key by at most this long.
-        return store.lease(name, ttl_s=30.0, wait_s=90.0)
-
-    writer = NsgWriter(
+    reader = topology(clients) if topology is not None else None
+    reconciler = NsgReconciler(
         clients,
-        clock=now,
-        priority_band=band,
+        openings=store.openings,
+        clock=clock,
+        priority_band=(settings.priority_min, settings.priority_max),
         lro_timeout=settings.arm_timeout_seconds,
         poll_interval=settings.arm_poll_seconds,
-        topology=topology,
-        key_lease=key_lease,
+        on_nsg_read=reader.remember_raw_nsg if reader is not None else None,
     )
+    closer = Closer(store=store, reconciler=reconciler, clock=clock, answer_budget=answer_budget)
+    sweeper = Sweeper(
+        closer=closer,
+        store=store,
+        reconciler=reconciler,
+        clock=clock,
+        batch=settings.sweep_batch,
+        pending_grace=settings.pending_grace,
+        budget_seconds=settings.sweep_budget_seconds,
+    )
+    return Backend(clients, store, reconciler, closer, sweeper), reader
 
-    def warnings(
-        vm: VmTopology, port: int, private_ip: str, source: str, priorities: Mapping[str, int]
-    ) -> list[str]:
-        # Called right after the writer read each NSG fresh (and cached that view): a deny added a moment
-        # ago is seen without a second read per NSG.
-        found: list[str] = []
-        for nsg_id in vm.nsg_ids:
-            view = topology.nsg(nsg_id)
-            found.extend(
-                rules.exposure_warnings(
-                    view.get("rules", ()),
-                    port=port,
-                    private_ip=private_ip,
-                    band=band,
-                    source=source,
-                    priority=priorities.get(nsg_id.lower()),
-                )
-            )
-        return list(dict.fromkeys(found))
 
+def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Broker:
+    """Build every part from settings; `clock` is injectable so tests can sweep at a chosen time."""
+    from jitbroker.topology import TopologyReader
+
+    backend, topology = build_backend(
+        settings.sweep(),
+        clock=clock,
+        answer_budget=settings.answer_budget_seconds,
+        topology=lambda clients: TopologyReader(
+            clients, cache_seconds=settings.topology_cache_seconds, clock=clock
+        ),
+    )
+    assert topology is not None
     grants = GrantService(
-        settings=settings, store=store, topology=topology, writer=writer, clock=now, warnings=warnings
+        settings=settings,
+        store=backend.store,
+        topology=topology,
+        reconciler=backend.reconciler,
+        closer=backend.closer,
+        clock=clock,
+        answer_budget=settings.answer_budget_seconds,
     )
     verifier = TokenVerifier(
         authority_host=settings.authority_host,
@@ -114,16 +132,14 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         token_versions=settings.token_versions,
         v1_issuer=settings.v1_issuer,
     )
-    sweeper = Sweeper(
-        grants=grants,
-        store=store,
-        writer=writer,
-        clock=now,
-        batch=settings.sweep_batch,
-        pending_grace=settings.pending_grace,
-    )
     services = Services(settings=settings, grants=grants, verifier=verifier)
-    return Broker(services=services, sweeper=sweeper, store=store, topology=topology, writer=writer)
+    return Broker(
+        services=services,
+        sweeper=backend.sweeper,
+        store=backend.store,
+        topology=topology,
+        reconciler=backend.reconciler,
+    )
 
 
 _lock = threading.Lock()
@@ -139,9 +155,23 @@ def broker() -> Broker:
         return _broker
 
 
+_sweeper: Sweeper | None = None
+
+
+def sweeper() -> Sweeper:
+    """This process's sweeper: the broker's when it serves HTTP too, else one built from `SweepSettings`."""
+    global _sweeper  # noqa: PLW0603 - one sweeper per process
+    with _lock:
+        if _broker is not None:
+            return _broker.sweeper
+        if _sweeper is None:
+            _sweeper = build_backend(SweepSettings.from_env())[0].sweeper
+        return _sweeper
+
+
 def run_sweep() -> SweepReport:
-    """The timer's body: one bounded sweep."""
-    return broker().sweeper.run()
+    """The timer's body: one sweep within its time budget."""
+    return sweeper().run()
 
 
 app = create_app(lambda: broker().services)

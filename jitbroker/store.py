@@ -5,14 +5,18 @@ Tables (all named `{prefix}...`):
     grants      PK = grant id                       the record; its ETag guards every state change
     expiry      PK = hour bucket, RK = expiry|id    open grants by expiry: "due before T" is a range read
     principals  PK = principal oid, RK = id         a person's grants
-    open        PK = vm id|port, RK = id            open grants on one VM port (the coalesced rule's sources)
+    open        PK = NSG id, RK = id                open grants behind one NSG, with what its rule needs
+                PK = "~all", RK = id                every open grant (admins' listing)
+    pending     PK = "pending", RK = id             grants not yet active (the sweeper's stale-pending pass)
     audit       PK = grant id (or ~day), RK = time|uuid   append-only
     nsgs        PK = "nsg", RK = NSG id             every NSG the broker may have written to (orphan sweep)
-    leases      PK = lease name, RK = "lease"       who may write one rule key now, until when (`lease`)
 
-Index rows are written *before* the record changes and removed after it closes, so a crash can leave an
-extra index row (dropped when next read) but never an open grant the sweeper cannot find. Keys are escaped;
-every filter is parameterized. Storage failures become `UpstreamError`.
+Every read is proportional to what it is about — one NSG's open grants, what is due, what is pending —
+never to history, and every query follows its continuation tokens. Ordering keeps the open index honest:
+a grant's record is written before its `open` rows (so no row exists for a grant that was never recorded),
+and a close deletes the rows before and after the record changes (so a row that raced a close is gone
+when the close returns). `pending` rows are written before the record, so a crash leaves the sweeper a
+trail. Keys are escaped; every filter is parameterized. Storage failures become `UpstreamError`.
 """
 
 from __future__ import annotations
@@ -21,9 +25,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
-import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -40,7 +42,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from jitbroker.errors import Conflict, JitError, NotFound, UpstreamError
-from jitbroker.model import AuditEvent, ConnectInfo, Grant, GrantStatus, NsgRuleRef
+from jitbroker.model import AuditEvent, ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening
 
 Clock = Callable[[], datetime]
 
@@ -95,7 +97,7 @@ class GrantStore:
         self._clock = clock
         self._names = {
             kind: f"{prefix}{kind}"
-            for kind in ("grants", "expiry", "principals", "open", "audit", "nsgs", "leases")
+            for kind in ("grants", "expiry", "principals", "open", "pending", "audit", "nsgs")
         }
         self._tables = {kind: table_service.get_table_client(name) for kind, name in self._names.items()}
         self._known_nsgs: set[str] = set()
@@ -112,14 +114,16 @@ class GrantStore:
     # ------------------------------------------------------------------ grants
 
     def create(self, grant: Grant) -> Grant:
-        """Insert a new grant (and its index rows first); `Conflict` when the id already exists."""
+        """Insert a new grant (its pending, principal and expiry rows first); `Conflict` if the id exists.
+
+        The `open` rows that let the reconciler see it come after, with `open_rows`."""
         self._index(grant)
         try:
             with _upstream("recording the grant"):
                 meta = self._t("grants").create_entity(_grant_entity(grant))
         except ResourceExistsError as err:
             raise Conflict(f"grant {grant.id} already exists") from err
-        self.note_nsgs(ref.nsg_id for ref in grant.nsg_rules)
+        self.note_nsgs(grant.nsg_ids)
         return replace(grant, etag=meta.get("etag"))
 
     def get(self, grant_id: str) -> Grant:
@@ -132,11 +136,14 @@ class GrantStore:
         return _grant_from(entity)
 
     def replace(self, grant: Grant) -> Grant:
-        """Store a new state of a grant read earlier; `Conflict` if it changed since (its etag is stale)."""
+        """Store a new state of a grant read earlier; `Conflict` if it changed since (its etag is stale).
+
+        An open grant's expiry row is written first; a closed grant leaves every index after the record."""
         if grant.etag is None:
             raise ValueError("replace needs the etag of the grant it was read as")
         if grant.status.is_open:
-            self._index(grant, principal=False)
+            with _upstream("indexing the grant"):
+                self._t("expiry").upsert_entity(_expiry_row(grant))
         try:
             with _upstream("updating the grant"):
                 meta = self._t("grants").update_entity(
@@ -150,9 +157,48 @@ class GrantStore:
         except ResourceNotFoundError as err:
             raise NotFound(f"no grant {grant.id}") from err
         if not grant.status.is_open:
-            self._unindex(grant)
-        self.note_nsgs(ref.nsg_id for ref in grant.nsg_rules)
+            self.drop_open_rows(grant)
+            row = _expiry_row(grant)
+            self._delete_row("expiry", row["PartitionKey"], row["RowKey"])
+        if grant.status is not GrantStatus.PENDING:
+            self._delete_row("pending", _PENDING_PK, escape_key(grant.id))
         return replace(grant, etag=meta.get("etag"))
+
+    # ------------------------------------------------------------------ the open index
+
+    def open_rows(self, grant: Grant) -> None:
+        """Make an open grant visible to the reconcilers of its NSGs (after its record exists)."""
+        rows = [_open_row(grant, nsg_id) for nsg_id in grant.nsg_ids] + [_open_row(grant, None)]
+        with _upstream("indexing the grant"):
+            for row in rows:
+                self._t("open").upsert_entity(row)
+
+    def extend_open_rows(self, grant: Grant) -> None:
+        """Carry a new expiry into the grant's existing `open` rows; rows a close removed stay removed."""
+        for nsg_id in (*grant.nsg_ids, None):
+            row = {"PartitionKey": _open_pk(nsg_id), "RowKey": escape_key(grant.id), **_times(grant)}
+            try:
+                with _upstream("indexing the grant"):
+                    self._t("open").update_entity(row, mode=UpdateMode.MERGE)  # If-Match: * (must exist)
+            except ResourceNotFoundError:
+                continue
+
+    def drop_open_rows(self, grant: Grant) -> None:
+        """Take the grant out of its NSGs' desired state (a close does this before and after its record)."""
+        for nsg_id in (*grant.nsg_ids, None):
+            self._delete_row("open", _open_pk(nsg_id), escape_key(grant.id))
+
+    def openings(self, nsg_id: str) -> list[Opening]:
+        """The open grants behind one NSG, as its reconciler needs them (one paged partition read)."""
+        rows = self._query("open", "PartitionKey eq @pk", {"pk": _open_pk(nsg_id)}, page=1000)
+        return [_opening_from(row) for row in rows]
+
+    def open_grants(self) -> list[Grant]:
+        """Every open grant (admins), read through the open index: proportional to what is open."""
+        rows = self._query("open", "PartitionKey eq @pk", {"pk": _open_pk(None)}, page=1000)
+        return [g for g in self._load(str(row["grant_id"]) for row in rows) if g.status.is_open]
+
+    # ------------------------------------------------------------------ listings
 
     def list_for_principal(
         self, oid: str, status: GrantStatus | None = None, vm: str | None = None
@@ -162,37 +208,30 @@ class GrantStore:
         grants = self._load(str(row["grant_id"]) for row in rows)
         return _newest_first(g for g in grants if _matches(g, status, vm))
 
-    def list_all(
-        self, status: GrantStatus | None = None, vm: str | None = None, limit: int = 1000
-    ) -> list[Grant]:
-        """Every grant (admins), newest first, optionally one status and one VM (name or resource id)."""
-        if status is not None:
-            rows = self._query("grants", "status eq @status", {"status": str(status)})
+    def list_all(self, status: GrantStatus | None = None, vm: str | None = None) -> list[Grant]:
+        """Every grant (admins), newest first, optionally one status and one VM (name or resource id).
+
+        Open statuses come from the open index; closed ones are history, read page by page to the end."""
+        if status is not None and status.is_open:
+            grants = self.open_grants()
         else:
-            rows = self._list("grants")
-        grants = [_grant_from(row) for row in rows]
-        return _newest_first(g for g in grants if _matches(g, status, vm))[:limit]
+            grants = [_grant_from(row) for row in self._list("grants")]
+        return _newest_first(g for g in grants if _matches(g, status, vm))
 
-    def open_for_vm_port(self, vm_id: str, port: int) -> list[Grant]:
-        """Pending and active grants on one VM port: the sources its coalesced rule must hold."""
-        pk = _vm_port_key(vm_id, port)
-        rows = self._query("open", "PartitionKey eq @pk", {"pk": pk})
-        result: list[Grant] = []
-        for row in rows:
-            grant = self._maybe_get(str(row["grant_id"]))
-            if grant is None or not grant.status.is_open:
-                if grant is not None or _abandoned(row):
-                    self._delete_row("open", pk, str(row["RowKey"]))
-                continue
-            result.append(grant)
-        return sorted(result, key=lambda g: (g.created_at, g.id))
+    def pending(self) -> list[PendingRow]:
+        """Grants recorded but not (yet) active, oldest first, with their record when it exists."""
+        rows = self._query("pending", "PartitionKey eq @pk", {"pk": _PENDING_PK}, page=1000)
+        found = [
+            PendingRow(
+                str(row["grant_id"]), _parse(str(row["created_at"])), self._maybe_get(str(row["grant_id"]))
+            )
+            for row in rows
+        ]
+        return sorted(found, key=lambda p: (p.created_at, p.grant_id))
 
-    def find_open(self, principal: str, vm_id: str, port: int, source: str) -> Grant | None:
-        """The caller's open grant for this VM, port and source, if any (idempotent re-requests)."""
-        for grant in self.open_for_vm_port(vm_id, port):
-            if grant.principal == principal and _same_source(grant.source, source):
-                return grant
-        return None
+    def forget_pending(self, grant_id: str) -> None:
+        """Drop a pending row whose grant was never recorded (a broker died before the record)."""
+        self._delete_row("pending", _PENDING_PK, escape_key(grant_id))
 
     def due(self, before: datetime, limit: int) -> list[Grant]:
         """Open grants whose expiry is at or before `before`, soonest first, at most `limit`.
@@ -264,89 +303,23 @@ class GrantStore:
         rows = self._query("nsgs", "PartitionKey eq @pk", {"pk": _NSG_PK})
         return {str(row["nsg_id"]) for row in rows}
 
-    # ------------------------------------------------------------------ leases
-
-    @contextlib.contextmanager
-    def lease(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 60.0) -> Iterator[None]:
-        """Hold the lease `name` across broker processes while the block runs (wait up to `wait_s`).
-
-        The broker's rule writes on one key take turns under it, so each write is planned from a store
-        read made after the previous write on that key finished. A holder that dies leaves the lease to
-        lapse after `ttl_s` of wall-clock time (never the injected clock: leases are about real time).
-        """
-        held = self._acquire(escape_key(name), ttl_s, wait_s)
-        try:
-            yield
-        finally:
-            self._release(held)
-
-    def _acquire(self, pk: str, ttl_s: float, wait_s: float) -> _Lease:
-        table = self._t("leases")
-        deadline = time.monotonic() + wait_s
-        holder = uuid.uuid4().hex
-        while True:
-            entity = {"PartitionKey": pk, "RowKey": _LEASE_RK, "holder": holder, "until": time.time() + ttl_s}
-            with _upstream("taking a lease"):
-                try:
-                    meta = table.create_entity(entity)
-                    return _Lease(pk, str(meta.get("etag")))
-                except ResourceExistsError:
-                    pass
-                try:
-                    current = table.get_entity(pk, _LEASE_RK)
-                except ResourceNotFoundError:
-                    continue  # released meanwhile: try again at once
-                if float(current.get("until") or 0) <= time.time():  # lapsed: its holder died
-                    try:
-                        meta = table.update_entity(
-                            entity,
-                            mode=UpdateMode.REPLACE,
-                            etag=current.metadata["etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-                        return _Lease(pk, str(meta.get("etag")))
-                    except (ResourceModifiedError, ResourceNotFoundError):
-                        continue
-            if time.monotonic() > deadline:
-                raise UpstreamError(f"another broker kept the rule busy for {wait_s:g}s; try again")
-            time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 - jitter, not security
-
-    def _release(self, held: _Lease) -> None:
-        try:
-            self._t("leases").delete_entity(
-                held.pk, _LEASE_RK, etag=held.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            pass  # it lapsed and someone else holds it now: theirs to release
-        except AzureError:
-            pass  # it lapses on its own after its ttl
-
     # ------------------------------------------------------------------ internals
 
     def _t(self, kind: str) -> TableClient:
         return self._tables[kind]
 
-    def _index(self, grant: Grant, *, principal: bool = True) -> None:
+    def _index(self, grant: Grant) -> None:
         gid = escape_key(grant.id)
         with _upstream("indexing the grant"):
-            if principal:
-                self._t("principals").upsert_entity(
-                    {"PartitionKey": escape_key(grant.principal), "RowKey": gid, "grant_id": grant.id}
+            if grant.status is GrantStatus.PENDING:
+                self._t("pending").upsert_entity(
+                    {"PartitionKey": _PENDING_PK, "RowKey": gid, "grant_id": grant.id, **_times(grant)}
                 )
+            self._t("principals").upsert_entity(
+                {"PartitionKey": escape_key(grant.principal), "RowKey": gid, "grant_id": grant.id}
+            )
             if grant.status.is_open:
                 self._t("expiry").upsert_entity(_expiry_row(grant))
-                self._t("open").upsert_entity(
-                    {
-                        "PartitionKey": _vm_port_key(grant.vm_id, grant.port),
-                        "RowKey": gid,
-                        "grant_id": grant.id,
-                    }
-                )
-
-    def _unindex(self, grant: Grant) -> None:
-        row = _expiry_row(grant)
-        self._delete_row("expiry", row["PartitionKey"], row["RowKey"])
-        self._delete_row("open", _vm_port_key(grant.vm_id, grant.port), escape_key(grant.id))
 
     def _delete_row(self, kind: str, pk: str, rk: str) -> None:
         with _upstream("cleaning an index"):
@@ -364,6 +337,7 @@ class GrantStore:
     def _query(
         self, kind: str, query: str, parameters: dict[str, Any], *, page: int | None = None
     ) -> list[Any]:
+        # list() follows every continuation token: no query here stops silently at a page.
         with _upstream("querying the store"):
             return list(self._t(kind).query_entities(query, parameters=parameters, results_per_page=page))
 
@@ -383,7 +357,8 @@ def _upstream(doing: str) -> Iterator[None]:
         raise UpstreamError(f"table storage failed while {doing}: {type(err).__name__}") from err
 
 
-_LEASE_RK = "lease"
+_PENDING_PK = "pending"
+_ALL_OPEN = "~all"
 _ABANDONED = timedelta(minutes=10)
 
 
@@ -395,13 +370,50 @@ def _abandoned(row: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class _Lease:
-    pk: str
-    etag: str
+class PendingRow:
+    """A grant that was not active when last seen: its id, when it was asked for, and its record if any."""
+
+    grant_id: str
+    created_at: datetime
+    grant: Grant | None
 
 
-def _vm_port_key(vm_id: str, port: int) -> str:
-    return escape_key(f"{vm_id.lower()}|{port}")
+def _open_pk(nsg_id: str | None) -> str:
+    return _ALL_OPEN if nsg_id is None else escape_key(nsg_id.lower())
+
+
+def _times(grant: Grant) -> dict[str, Any]:
+    return {"expires_at": _iso(grant.expires_at), "created_at": _iso(grant.created_at)}
+
+
+def _open_row(grant: Grant, nsg_id: str | None) -> dict[str, Any]:
+    return {
+        "PartitionKey": _open_pk(nsg_id),
+        "RowKey": escape_key(grant.id),
+        "grant_id": grant.id,
+        "principal": grant.principal,
+        "vm_id": grant.vm_id,
+        "vm_key": grant.vm_id.lower(),
+        "vm_name": grant.vm_name,
+        "private_ip": grant.private_ip or "",
+        "port": grant.port,
+        "source": grant.source,
+        **_times(grant),
+    }
+
+
+def _opening_from(row: Any) -> Opening:
+    return Opening(
+        grant_id=str(row["grant_id"]),
+        principal=str(row["principal"]),
+        vm_id=str(row["vm_id"]),
+        vm_name=str(row["vm_name"]),
+        private_ip=str(row["private_ip"]),
+        port=int(row["port"]),
+        source=str(row["source"]),
+        expires_at=_parse(str(row["expires_at"])),
+        created_at=_parse(str(row["created_at"])),
+    )
 
 
 def _expiry_row(grant: Grant) -> dict[str, Any]:
@@ -431,6 +443,7 @@ def _grant_entity(grant: Grant) -> dict[str, Any]:
         "updated_at": _iso(grant.updated_at),
         "nsg_rules": json.dumps([asdict(r) for r in grant.nsg_rules]),
         "warnings": json.dumps(list(grant.warnings)),
+        "nsg_ids": json.dumps(list(grant.nsg_ids)),
     }
     if grant.connect is not None:
         entity["connect"] = json.dumps(asdict(grant.connect))
@@ -443,6 +456,10 @@ def _grant_entity(grant: Grant) -> dict[str, Any]:
 
 def _grant_from(entity: Any) -> Grant:
     connect = entity.get("connect")
+    rules = tuple(NsgRuleRef(**r) for r in json.loads(entity.get("nsg_rules") or "[]"))
+    nsg_ids = tuple(json.loads(entity.get("nsg_ids") or "[]")) or tuple(
+        dict.fromkeys(r.nsg_id for r in rules)
+    )
     return Grant(
         id=str(entity["id"]),
         principal=str(entity["principal"]),
@@ -457,7 +474,8 @@ def _grant_from(entity: Any) -> Grant:
         expires_at=_parse(str(entity["expires_at"])),
         updated_at=_parse(str(entity["updated_at"])),
         justification=entity.get("justification"),
-        nsg_rules=tuple(NsgRuleRef(**r) for r in json.loads(entity.get("nsg_rules") or "[]")),
+        nsg_rules=rules,
+        nsg_ids=nsg_ids,
         connect=ConnectInfo(**json.loads(connect)) if connect else None,
         warnings=tuple(json.loads(entity.get("warnings") or "[]")),
         reason=entity.get("reason"),

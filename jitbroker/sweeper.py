@@ -1,42 +1,51 @@
-"""The timer's work: expire what is due, undo what crashed half-way, and remove broker rules nobody owns.
+"""The timer's work: expire what is due, undo what crashed half-way, and take out broker rules nobody owns.
 
-Each run is bounded (`batch` grants, `batch` rule writes) and safe beside another run: a grant someone else
-already moved is skipped (etag conflict), and every rule write converges on what the store holds open.
-Due grants are closed together: each is recorded closed, then every (VM address, port) they touched gets one
-rule convergence per NSG, different NSGs in parallel (`GrantService.close_many`).
+Each run has its own time budget, below the Functions timeout, and stops starting new work when it is spent;
+what it did not reach is still due (or still in the NSG) and the next run picks it up. Due grants are closed
+in batches, each batch with one reconciler pass per NSG it touched, different NSGs in parallel
+(`Closer.close_many`). The orphan pass visits every NSG the broker has written to and only ever *removes*
+(`NsgReconciler.trim`): a source leaves a rule when no open grant recorded for that NSG holds it, and a rule
+goes when its own name says it expired — so even a lost store cannot keep a door open past its expiry.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from jitbroker import rules
-from jitbroker.errors import NotFound
-from jitbroker.grants import GrantService, WriterPort
+from jitbroker.closing import Closer
 from jitbroker.model import AuditEvent, Grant, GrantStatus
+from jitbroker.reconciler import PassResult
+from jitbroker.rules import as_rule_view
+
+if TYPE_CHECKING:
+    from jitbroker.store import PendingRow
 
 log = logging.getLogger(__name__)
+
+STALE_PENDING_REASON = "the broker stopped before the grant became active; the sweeper undid it"
 
 
 class SweepStorePort(Protocol):
     """What the sweeper reads from the store (implemented by `jitbroker.store.GrantStore`)."""
 
     def due(self, before: datetime, limit: int) -> list[Grant]: ...
-    def list_all(self, status: GrantStatus | None = None) -> list[Grant]: ...
+    def pending(self) -> list[PendingRow]: ...
+    def forget_pending(self, grant_id: str) -> None: ...
     def nsgs_touched(self) -> set[str]: ...
     def record(self, event: AuditEvent) -> None: ...
 
 
-class SweepWriterPort(WriterPort, Protocol):
-    """What the sweeper changes in NSGs: the lifecycle's writes, plus listing the broker's own rules."""
+class TrimPort(Protocol):
+    """The orphan pass's one NSG write (implemented by `jitbroker.reconciler.NsgReconciler`)."""
 
-    def broker_rules(self, nsg_id: str) -> Iterable[Any]: ...
+    def trim(self, nsg_id: str) -> PassResult: ...
 
 
 @dataclass
@@ -48,6 +57,8 @@ class SweepReport:
     orphans_removed: int = 0
     orphans_trimmed: int = 0
     skipped: int = 0
+    nsg_writes: int = 0
+    out_of_time: bool = False
     errors: list[str] = field(default_factory=list)
 
 
@@ -57,155 +68,119 @@ class Sweeper:
     def __init__(
         self,
         *,
-        grants: GrantService,
+        closer: Closer,
         store: SweepStorePort,
-        writer: SweepWriterPort,
+        reconciler: TrimPort,
         clock: Callable[[], datetime],
         batch: int,
         pending_grace: timedelta,
+        budget_seconds: float = 90.0,
         workers: int = 8,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._grants = grants
+        self._closer = closer
         self._store = store
-        self._writer = writer
+        self._reconciler = reconciler
         self._clock = clock
         self._batch = batch
         self._pending_grace = pending_grace
+        self._budget = budget_seconds
         self._workers = workers
+        self._monotonic = monotonic
 
     def run(self) -> SweepReport:
-        """One bounded sweep: due grants, stale pending grants, then orphan broker rules."""
+        """One sweep within the budget: due grants, stale pending grants, then orphan broker rules."""
         report = SweepReport()
-        now = self._clock()
-        self._expire_due(now, report)
-        self._undo_stale_pending(now, report)
-        self._remove_orphans(now, report)
+        deadline = self._monotonic() + self._budget
+        self._expire_due(report, deadline)
+        self._undo_stale_pending(report, deadline)
+        self._remove_orphans(report, deadline)
+        report.out_of_time = self._monotonic() > deadline
         log.info("sweep: %s", report)
         return report
 
-    def _expire_due(self, now: datetime, report: SweepReport) -> None:
-        due = [
-            g
-            for g in self._store.due(before=now, limit=self._batch)
-            if g.status.is_open and g.expires_at <= now
-        ]
-        report.expired += self._close(due, GrantStatus.EXPIRED, "expired", report)
+    def _expire_due(self, report: SweepReport, deadline: float) -> None:
+        while self._monotonic() < deadline:
+            now = self._clock()
+            due = [g for g in self._store.due(before=now, limit=self._batch) if g.expires_at <= now]
+            if not due:
+                return
+            closed = self._close(due, GrantStatus.EXPIRED, "expired", report)
+            report.expired += closed
+            if closed == 0 or len(due) < self._batch:
+                return  # nothing moved (someone else is on it), or that was the last batch
 
-    def _undo_stale_pending(self, now: datetime, report: SweepReport) -> None:
-        stale = [
-            g
-            for g in self._store.list_all(status=GrantStatus.PENDING)
-            if g.status is GrantStatus.PENDING and g.updated_at + self._pending_grace <= now
-        ]
-        reason = "the broker stopped before the grant became active; the sweeper undid it"
-        report.undone += self._close(stale[: self._batch], GrantStatus.FAILED, reason, report)
+    def _undo_stale_pending(self, report: SweepReport, deadline: float) -> None:
+        now = self._clock()
+        stale: list[Grant] = []
+        for row in self._store.pending():
+            if row.created_at + self._pending_grace > now or self._monotonic() > deadline:
+                break  # oldest first: the rest are younger
+            if row.grant is None or row.grant.status is not GrantStatus.PENDING:
+                self._store.forget_pending(row.grant_id)  # never recorded, or moved on without its row
+            else:
+                stale.append(row.grant)
+        for start in range(0, len(stale), self._batch):
+            if self._monotonic() > deadline:
+                return
+            chunk = stale[start : start + self._batch]
+            report.undone += self._close(chunk, GrantStatus.FAILED, STALE_PENDING_REASON, report)
 
     def _close(self, grants: list[Grant], status: GrantStatus, reason: str, report: SweepReport) -> int:
-        if not grants:
-            return 0
-        done = self._grants.close_many(grants, status, reason=reason, workers=self._workers)
+        done = self._closer.close_many(grants, status, reason=reason, workers=self._workers)
         report.skipped += done.skipped
+        report.nsg_writes += done.nsgs
         report.errors.extend(done.errors)
         for line in done.errors:
             log.warning("sweep: %s", line)
-        return sum(1 for g in done.closed if g.status is status)
+        return len(done.closed)
 
-    def _remove_orphans(self, now: datetime, report: SweepReport) -> None:
-        """Broker rules whose own name says they expired, or whose sources no open grant holds."""
-        found: list[tuple[str, rules.RuleView]] = []
-        for nsg_id in sorted(self._store.nsgs_touched()):
+    def _remove_orphans(self, report: SweepReport, deadline: float) -> None:
+        """Every NSG the broker wrote to loses the broker sources no open grant recorded for it holds."""
+        nsgs = sorted(self._store.nsgs_touched())
+        random.shuffle(nsgs)  # a run that runs out of time leaves different NSGs for the next one
+
+        def visit(nsg_id: str) -> None:
+            if self._monotonic() > deadline:
+                return
             try:
-                found.extend((nsg_id, rules.as_rule_view(r)) for r in self._writer.broker_rules(nsg_id))
-            except NotFound:
-                continue
+                result = self._reconciler.trim(nsg_id)
             except Exception as err:
-                report.errors.append(f"nsg {nsg_id}: {type(err).__name__}: {err}")
-        if not found:
+                report.errors.append(f"nsg {nsg_id}: {type(err).__name__}: {getattr(err, 'message', err)}")
+                return
+            if result.wrote:
+                report.nsg_writes += 1
+            report.orphans_removed += len(result.plan.removed)
+            report.orphans_trimmed += len(result.plan.trimmed)
+            self._audit_orphans(nsg_id, result)
+
+        with ThreadPoolExecutor(max_workers=max(1, self._workers), thread_name_prefix="orphans") as pool:
+            list(pool.map(visit, nsgs))
+
+    def _audit_orphans(self, nsg_id: str, result: PassResult) -> None:
+        if not result.wrote:
             return
-        # Grants are read after the rules: a rule is written only after its grant is recorded, so every rule
-        # seen above has its grant visible here.
-        open_grants = self._open_grants(now)
-        writes = 0
-        for nsg_id, view in found:
-            if writes >= self._batch:
-                break
-            key = rules.rule_key(view.name)
-            if key is None:
-                continue
-            holders = open_grants.get(key, [])
-            wanted = {_canon(g.source) for g in holders}
-            if {_canon(p) for p in view.source_prefixes} <= wanted and (
-                rules.rule_expiry(view.name) or now
-            ) > now:
-                continue
-            writes += 1
+        before = {
+            str(r.get("name")): as_rule_view(r)
+            for r in (result.nsg.get("properties") or {}).get("securityRules") or []
+        }
+        now = self._clock()
+        for name, detail in [(n, "deleted") for n in result.plan.removed] + [
+            (n, "trimmed") for n in result.plan.trimmed
+        ]:
+            view = before.get(name)
             try:
-                # The store decides, read under the rule key's lease right before the write: a grant
-                # recorded since the read above keeps its door.
-                self._writer.converge(
-                    nsg_id,
-                    vm_name=holders[0].vm_name if holders else "-",
-                    private_ip=key[0],
-                    port=key[1],
-                    wanted=functools.partial(self._open_set, key),
+                self._store.record(
+                    AuditEvent(
+                        kind="orphan_removed",
+                        at=now,
+                        grant_id=None,
+                        principal=None,
+                        source=",".join(view.source_prefixes)[:400] if view else None,
+                        vm_id=None,
+                        port=None,
+                        reason=f"rule {name} in {nsg_id}: {detail}",
+                    )
                 )
-                if holders:
-                    report.orphans_trimmed += 1
-                    detail = f"trimmed to {len(wanted)} source(s)"
-                else:
-                    report.orphans_removed += 1
-                    detail = "deleted"
-            except Exception as err:
-                report.errors.append(f"rule {view.name} in {nsg_id}: {type(err).__name__}: {err}")
-                continue
-            self._audit_orphan(now, nsg_id, view, key, detail)
-
-    def _open_set(self, key: tuple[str, int]) -> rules.OpenSet:
-        holders = self._open_grants(self._clock()).get(key, [])
-        if not holders:
-            return rules.OpenSet(frozenset(), None)
-        return rules.OpenSet(
-            frozenset(g.source for g in holders),
-            max(g.expires_at for g in holders),
-            frozenset(g.id for g in holders),
-        )
-
-    def _open_grants(self, now: datetime) -> dict[tuple[str, int], list[Grant]]:
-        by_key: dict[tuple[str, int], list[Grant]] = {}
-        for status in (GrantStatus.ACTIVE, GrantStatus.PENDING):
-            for grant in self._store.list_all(status=status):
-                if (
-                    grant.status.is_open
-                    and grant.expires_at > now
-                    and grant.connect
-                    and grant.connect.private_ip
-                ):
-                    key = (str(ipaddress.ip_address(grant.connect.private_ip)), grant.port)
-                    by_key.setdefault(key, []).append(grant)
-        return by_key
-
-    def _audit_orphan(
-        self, now: datetime, nsg_id: str, view: rules.RuleView, key: tuple[str, int], detail: str
-    ) -> None:
-        try:
-            self._store.record(
-                AuditEvent(
-                    kind="orphan_removed",
-                    at=now,
-                    grant_id=None,
-                    principal=None,
-                    source=",".join(view.source_prefixes)[:400],
-                    vm_id=None,
-                    port=key[1],
-                    reason=f"rule {view.name} in {nsg_id}: {detail}",
-                )
-            )
-        except Exception:
-            log.exception("could not audit the removal of orphan rule %s", view.name)
-
-
-def _canon(prefix: str) -> str:
-    try:
-        return str(ipaddress.ip_network(prefix.strip(), strict=False))
-    except ValueError:
-        return prefix
+            except Exception:
+                log.exception("could not audit the removal of orphan rule %s", name)

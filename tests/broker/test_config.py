@@ -66,6 +66,10 @@ def test_the_untouched_sample_is_refused_naming_each_placeholder() -> None:
         ("JIT_TABLE_PREFIX", "jit-x", "letters and digits"),
         ("JIT_SWEEP_BATCH", "0", "between 1 and 5000"),
         ("JIT_TENANT_ID", "", "JIT_TENANT_ID is required"),
+        ("JIT_API_SCOPE", "api://jit-broker-lab/user_impersonation", "scp claim"),
+        ("JIT_API_SCOPE", "user_impersonation openid", "scp claim"),
+        ("JIT_ALLOWED_CLIENT_APPS", "azure-cli", "not client ids"),
+        ("JIT_KEY_REFRESH_COOLDOWN_SECONDS", "1", "between 10 and 3600"),
     ],
 )
 def test_a_bad_setting_is_named_with_what_is_wrong(name, value, complaint) -> None:
@@ -85,3 +89,25 @@ def test_settings_are_frozen() -> None:
     settings = Settings.from_env(LAB_VALUES)
     with pytest.raises(AttributeError):
         settings.max_duration = timedelta(days=1)  # type: ignore[misc]
+
+
+def test_token_settings_default_to_delegated_tokens_from_any_client_and_a_five_minute_cooldown() -> None:
+    env = {
+        name: value
+        for name, value in LAB_VALUES.items()
+        if name not in ("JIT_API_SCOPE", "JIT_ALLOWED_CLIENT_APPS", "JIT_KEY_REFRESH_COOLDOWN_SECONDS")
+    }
+    settings = Settings.from_env(env)
+    assert settings.api_scope == "user_impersonation"
+    assert settings.allowed_client_apps == frozenset()
+    assert settings.key_refresh_cooldown_seconds == 300
+    assert Settings.from_env(LAB_VALUES).allowed_client_apps == frozenset()
+
+
+def test_allowed_client_apps_are_a_comma_separated_list_of_client_ids() -> None:
+    value = " 04B07795-8DDB-461A-BBEE-02F9E1BF7B46, 0a0a0a0a-1111-4222-8333-444444444444 ,"
+    settings = Settings.from_env({**LAB_VALUES, "JIT_ALLOWED_CLIENT_APPS": value})
+    assert settings.allowed_client_apps == {
+        "04b07795-8ddb-461a-bbee-02f9e1bf7b46",
+        "0a0a0a0a-1111-4222-8333-444444444444",
+    }

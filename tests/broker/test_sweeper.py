@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from jitbroker.closing import Closer
 from jitbroker.grants import GrantRequest, GrantService
 from jitbroker.identity import Principal
 from jitbroker.model import GrantStatus
@@ -87,16 +88,16 @@ class ProcessDied(BaseException):
 
 
 class DieBeforeWrite:
-    def converge(self, *args, **kwargs):
+    def reconcile_all(self, *args, **kwargs):
         raise ProcessDied
 
 
 class DieAfterWrite:
-    def __init__(self, writer) -> None:
-        self._writer = writer
+    def __init__(self, reconciler) -> None:
+        self._reconciler = reconciler
 
-    def converge(self, *args, **kwargs):
-        self._writer.converge(*args, **kwargs)
+    def reconcile_all(self, *args, **kwargs):
+        self._reconciler.reconcile_all(*args, **kwargs)
         raise ProcessDied
 
 
@@ -106,12 +107,14 @@ def test_a_crash_mid_grant_ends_with_no_rule_after_the_sweep(
 ):
     now = datetime.now(UTC)
     parts = in_process_broker(lambda: now)
-    writer = DieBeforeWrite() if crash == "after recording" else DieAfterWrite(parts.writer)
+    reconciler = DieBeforeWrite() if crash == "after recording" else DieAfterWrite(parts.reconciler)
+    closer = Closer(store=parts.store, reconciler=parts.reconciler, clock=lambda: now)
     dying = GrantService(
         settings=parts.services.settings,
         store=parts.store,
         topology=parts.topology,
-        writer=writer,
+        reconciler=reconciler,
+        closer=closer,
         clock=lambda: now,
     )
     alice = scenario.user("alice")
@@ -135,7 +138,7 @@ def test_a_crash_mid_grant_ends_with_no_rule_after_the_sweep(
     assert "stopped before the grant became active" in (ended.reason or "")
 
 
-def test_due_grants_sharing_a_rule_are_closed_with_one_rule_write_per_nsg(
+def test_due_grants_sharing_a_rule_are_closed_with_one_nsg_write_per_nsg(
     as_user, arm_admin, sweep_at
 ) -> None:
     people = ["alice", "bob", "carol"]
@@ -151,5 +154,6 @@ def test_due_grants_sharing_a_rule_are_closed_with_one_rule_write_per_nsg(
 
     assert report.expired == 3 and report.errors == []
     assert all(broker_rules(arm_admin.nsg(n)) == [] for n in nsgs)
-    assert arm_admin.count(method="PUT") == 0  # nothing is rewritten three times on the way down
-    assert arm_admin.count(method="DELETE") == rules_before  # each rule (superseded ones too) deleted once
+    assert rules_before == 2  # one rule per NSG holds all three sources
+    assert arm_admin.count(method="PUT") == len(nsgs)  # one whole-NSG write each, not one per grant
+    assert arm_admin.count(method="DELETE") == 0

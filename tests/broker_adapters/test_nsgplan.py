@@ -489,12 +489,6 @@ def test_a_new_grant_is_a_write_whether_it_brings_a_new_source_or_one_already_in
     assert plan([opening("g-1"), opening("g-2")], current).changed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in jitbroker/nsgplan.py: `_same_rule` ignores sourcePortRange (the edited rule is kept as "
-    "read) and `_fingerprint`, which decides `changed`, ignores protocol and sourcePortRange (a protocol "
-    "widened to '*' is planned back to Tcp, but with changed=False the reconciler never writes it)",
-)
 @pytest.mark.parametrize(
     ("prop", "value"),
     [

@@ -16,6 +16,7 @@ from jitbroker.store import GrantStore, escape_key
 T0 = datetime(2030, 5, 1, 12, 0, 0, tzinfo=UTC)
 VM = "/subscriptions/s1/resourceGroups/rg-demo/providers/Microsoft.Compute/virtualMachines/web-01"
 NSG = "/subscriptions/s1/resourceGroups/rg-demo/providers/Microsoft.Network/networkSecurityGroups/nsg-web"
+NSG2 = NSG.replace("nsg-web", "nsg-other")
 
 
 @pytest.fixture
@@ -46,6 +47,8 @@ def grant(gid: str = "g-1", **changes: object) -> Grant:
         created_at=T0,
         expires_at=T0 + timedelta(hours=1),
         updated_at=T0,
+        connect=ConnectInfo("web-01.example.test", None, None, "192.0.2.4", "azureuser", "Linux"),
+        nsg_ids=(NSG,),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -114,33 +117,70 @@ def test_an_extended_grant_is_due_at_its_new_expiry_only(store: GrantStore):
     assert [x.id for x in store.due(T0 + timedelta(hours=2), limit=10)] == ["g-1"]
 
 
-def test_open_for_vm_port_lists_pending_and_active_grants_of_that_port_only(store: GrantStore):
-    store.create(grant("g-a"))
+def test_an_nsgs_openings_are_its_indexed_open_grants_only(store: GrantStore):
+    a = store.create(grant("g-a"))
+    store.open_rows(a)
     b = store.create(grant("g-b", principal="b0b", source="203.0.113.11/32"))
+    store.open_rows(b)
     store.replace(replace(b, status=GrantStatus.ACTIVE))
-    store.create(grant("g-rdp", port=3389))
-    store.create(grant("g-other-vm", vm_id=VM.replace("web-01", "web-02")))
+    other = store.create(grant("g-other-nsg", nsg_ids=(NSG2,)))
+    store.open_rows(other)
     gone = store.create(grant("g-gone", source="203.0.113.12/32"))
+    store.open_rows(gone)
     store.replace(replace(gone, status=GrantStatus.FAILED, reason="arm said no"))
+    store.create(grant("g-not-indexed-yet"))
 
-    assert [g.id for g in store.open_for_vm_port(VM, 22)] == ["g-a", "g-b"]
-    assert [g.id for g in store.open_for_vm_port(VM.upper(), 22)] == [
-        "g-a",
-        "g-b",
-    ]  # resource ids ignore case
+    assert sorted(o.grant_id for o in store.openings(NSG)) == ["g-a", "g-b"]
+    assert [o.grant_id for o in store.openings(NSG.upper())] != []  # resource ids ignore case
+    assert [o.grant_id for o in store.openings(NSG2)] == ["g-other-nsg"]
+    opening = next(o for o in store.openings(NSG) if o.grant_id == "g-b")
+    assert (opening.principal, opening.port, opening.source, opening.private_ip) == (
+        "b0b",
+        22,
+        "203.0.113.11/32",
+        "192.0.2.4",
+    )
+    assert opening.expires_at == b.expires_at and opening.vm_id == VM
 
 
-def test_find_open_matches_principal_vm_port_and_source(store: GrantStore):
+def test_extending_moves_the_expiry_of_existing_open_rows_but_never_brings_a_closed_one_back(
+    store: GrantStore,
+):
     g = store.create(grant())
-    assert store.find_open(g.principal, VM, 22, "203.0.113.10") == g
-    assert store.find_open(g.principal, VM, 22, "203.0.113.11/32") is None
-    assert store.find_open("someone-else", VM, 22, "203.0.113.10/32") is None
-    assert store.find_open(g.principal, VM, 3389, "203.0.113.10/32") is None
+    store.open_rows(g)
+    longer = store.replace(replace(g, expires_at=T0 + timedelta(hours=3)))
+    store.extend_open_rows(longer)
+    assert [o.expires_at for o in store.openings(NSG)] == [T0 + timedelta(hours=3)]
+
+    store.drop_open_rows(longer)  # a close got there first
+    store.extend_open_rows(replace(longer, expires_at=T0 + timedelta(hours=4)))
+    assert store.openings(NSG) == []
+
+
+def test_open_grants_for_admins_come_from_the_open_index(store: GrantStore):
+    a = store.create(grant("g-a"))
+    store.open_rows(a)
+    closed = store.create(grant("g-closed"))
+    store.open_rows(closed)
+    store.replace(replace(closed, status=GrantStatus.REVOKED))
+    assert [g.id for g in store.open_grants()] == ["g-a"]
+    assert [g.id for g in store.list_all(status=GrantStatus.PENDING)] == ["g-a"]
+    assert {g.id for g in store.list_all()} == {"g-a", "g-closed"}
+
+
+def test_pending_rows_list_grants_not_yet_active_with_their_record(store: GrantStore):
+    a = store.create(grant("g-a", created_at=T0 - timedelta(minutes=5)))
+    store.create(grant("g-b"))
+    store.replace(replace(a, status=GrantStatus.ACTIVE))
+    store.create(grant("g-c"))
+    store.forget_pending("g-c")
+    assert [(p.grant_id, p.grant is not None) for p in store.pending()] == [("g-b", True)]
 
 
 def test_a_principals_grants_filter_by_status_and_vm_newest_first(store: GrantStore):
     store.create(grant("g-old", created_at=T0 - timedelta(hours=2)))
     new = store.create(grant("g-new", created_at=T0))
+    store.open_rows(new)
     store.replace(replace(new, status=GrantStatus.ACTIVE))
     store.create(grant("g-other", principal="b0b"))
     store.create(grant("g-web2", vm_id=VM.replace("web-01", "web-02"), vm_name="web-02"))
@@ -151,7 +191,6 @@ def test_a_principals_grants_filter_by_status_and_vm_newest_first(store: GrantSt
     assert {g.id for g in store.list_for_principal(grant().principal, vm="web-02")} == {"g-web2"}
     assert {g.id for g in store.list_all(vm=VM)} == {"g-old", "g-new", "g-other"}
     assert [g.id for g in store.list_all(status=GrantStatus.ACTIVE)] == ["g-new"]
-    assert len(store.list_all(limit=2)) == 2
 
 
 def test_audit_is_append_only_and_readable_per_grant(store: GrantStore):
@@ -223,9 +262,9 @@ def test_very_long_keys_are_shortened_but_stay_distinct():
 
 
 def test_a_filter_value_cannot_inject_a_condition(store: GrantStore):
-    store.create(grant())
+    store.open_rows(store.create(grant()))
     assert store.list_for_principal("x' or PartitionKey ne 'x") == []
-    assert store.open_for_vm_port("x' or PartitionKey ne 'x", 22) == []
+    assert store.openings("x' or PartitionKey ne 'x") == []
 
 
 def test_storage_that_cannot_be_reached_is_an_upstream_error():
@@ -237,48 +276,3 @@ def test_storage_that_cannot_be_reached_is_an_upstream_error():
     )
     with pytest.raises(UpstreamError):
         GrantStore(dead, prefix="dead", clock=lambda: T0).get("g-1")
-
-
-def test_an_open_index_row_whose_grant_is_still_being_recorded_is_kept(store: GrantStore, service):
-    """`create` writes index rows before the record: a reader in between must not drop the row, or the
-    grant would be missing from its rule's source list until it is next indexed."""
-    table = service.get_table_client(f"{store._names['open']}")
-    pk = escape_key(f"{VM.lower()}|22")
-    table.upsert_entity({"PartitionKey": pk, "RowKey": "g-being-born", "grant_id": "g-being-born"})
-    assert store.open_for_vm_port(VM, 22) == []
-    store.create(grant("g-being-born"))
-    assert [g.id for g in store.open_for_vm_port(VM, 22)] == ["g-being-born"]
-
-
-def test_a_lease_is_held_by_one_holder_at_a_time_and_lapses_when_its_holder_dies(store: GrantStore):
-    import threading
-    import time
-
-    inside: list[int] = []
-    overlaps: list[int] = []
-
-    def hold() -> None:
-        with store.lease("rule|nsg|192.0.2.4|22", ttl_s=30, wait_s=30):
-            inside.append(1)
-            if len(inside) > 1:
-                overlaps.append(len(inside))
-            time.sleep(0.05)
-            inside.pop()
-
-    threads = [threading.Thread(target=hold) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert overlaps == []
-
-    dead = store.lease("rule|nsg|192.0.2.4|3389", ttl_s=0.2, wait_s=1)
-    dead.__enter__()  # its holder "dies" without releasing
-    with (
-        pytest.raises(UpstreamError, match="busy"),
-        store.lease("rule|nsg|192.0.2.4|3389", ttl_s=30, wait_s=0),
-    ):
-        pass
-    time.sleep(0.3)
-    with store.lease("rule|nsg|192.0.2.4|3389", ttl_s=30, wait_s=1):
-        pass  # lapsed: taken over

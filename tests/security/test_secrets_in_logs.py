@@ -98,7 +98,7 @@ def lifecycle(
         assert alice.get("/api/v1/grants/g-00000000000000000000").status_code == 404
         assert alice.post("/api/v1/grants", json={"vm": "stopped-01"}).status_code == 409
 
-        arm.add_fault(method="PUT", match="securityRules", count=50, status=500)
+        arm.add_fault(method="PUT", match="networkSecurityGroups/", count=50, status=500)
         try:
             failed = alice.post("/api/v1/grants", json={"vm": "win-01", "protocol": "rdp"})
             assert failed.status_code >= 500, failed.text

@@ -1,0 +1,182 @@
+"""Ending grants — revoked, expired or failed — and the NSG passes that take their sources out.
+
+Shared by the lifecycle (a revoke, a failed request) and the sweeper (expiry, stale pending), so the sweep
+needs no policy settings to close a door. A close is recorded before any NSG changes: the audit event,
+the grant's `open` rows dropped, the record moved to its final status (etag-guarded), the rows dropped again
+(a row that raced the close is gone too). Then one reconciler pass per NSG takes the source out. If that
+pass fails, the close still stands: the store no longer holds the source open, and the next pass on that
+NSG — any grant's, or the sweeper's — removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from jitbroker.errors import Conflict, NotFound
+from jitbroker.identity.principal import Principal
+from jitbroker.model import AuditEvent, Grant, GrantStatus, Opening
+from jitbroker.reconciler import PassResult, StillWorking
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+CLOSE_PENDING_NOTE = (
+    "the grant is closed, but its NSG rule could not be updated just now; the sweeper removes the source "
+    "from the rule within one sweep interval"
+)
+_EVENT = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired", GrantStatus.FAILED: "failed"}
+
+
+class StorePort(Protocol):
+    """What closing needs from the store (implemented by `jitbroker.store.GrantStore`)."""
+
+    def get(self, grant_id: str) -> Grant: ...
+    def replace(self, grant: Grant) -> Grant: ...
+    def drop_open_rows(self, grant: Grant) -> None: ...
+    def record(self, event: AuditEvent) -> None: ...
+    def openings(self, nsg_id: str) -> list[Opening]: ...
+
+
+class ReconcilerPort(Protocol):
+    """How closing changes NSGs (implemented by `jitbroker.reconciler.NsgReconciler`)."""
+
+    def reconcile(self, nsg_id: str, *, timeout: float | None = None) -> PassResult: ...
+
+
+@dataclass
+class CloseReport:
+    """What `close_many` did: the grants it closed, the ones someone else moved first, and what failed."""
+
+    closed: list[Grant] = field(default_factory=list)
+    skipped: int = 0
+    nsgs: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Closer:
+    """Moves open grants to a final status and has their NSGs follow."""
+
+    def __init__(
+        self, *, store: StorePort, reconciler: ReconcilerPort, clock: Clock, answer_budget: float = 20.0
+    ) -> None:
+        self._store = store
+        self._reconciler = reconciler
+        self._clock = clock
+        self._budget = answer_budget
+
+    def close(
+        self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None
+    ) -> Grant:
+        """End a grant and take its source out of its NSGs. A grant already closed is returned unchanged
+        after one more pass over its NSGs (a retried revoke converges the rule instead of stopping short).
+        If the NSG write fails or runs long, the close stands and the answer's warnings say so."""
+        closed = self.record_closed(grant, status, by=by, reason=reason) if grant.status.is_open else grant
+        try:
+            for nsg_id in closed.nsg_ids:
+                self._reconciler.reconcile(nsg_id, timeout=self._budget)
+        except StillWorking:
+            return closed
+        except Exception:
+            log.warning("grant %s is %s but its NSG write failed; the sweeper will finish", grant.id, status)
+            if grant.status.is_open:
+                return replace(closed, warnings=(*closed.warnings, CLOSE_PENDING_NOTE))
+        return closed
+
+    def record_closed(
+        self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None
+    ) -> Grant:
+        """Record the close (event, rows, record, rows) without touching NSGs; a grant someone else closed
+        first is returned as they left it."""
+        self.audit(_EVENT.get(status, "failed"), grant, by, reason=reason)  # the event ahead of the change
+        self._store.drop_open_rows(grant)
+        current = grant
+        for _ in range(3):
+            try:
+                closed = self._store.replace(
+                    replace(current, status=status, reason=reason, updated_at=self._clock())
+                )
+                break
+            except Conflict:
+                current = self._store.get(grant.id)
+                if not current.status.is_open:
+                    return current
+        else:
+            raise Conflict(f"grant {grant.id} kept changing; try again")
+        self._store.drop_open_rows(closed)
+        return closed
+
+    def close_many(
+        self, grants: Iterable[Grant], status: GrantStatus, *, reason: str | None = None, workers: int = 8
+    ) -> CloseReport:
+        """Close many grants (the sweeper): record each, then one pass per NSG they touched, in parallel."""
+        report = CloseReport()
+        todo = [g for g in grants if g.status.is_open]
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
+            outcomes = pool.map(lambda g: self._try_close(g, status, reason), todo)
+            for grant, outcome in zip(todo, outcomes, strict=True):
+                if isinstance(outcome, Grant):
+                    if outcome.status is status:
+                        report.closed.append(outcome)
+                    else:
+                        report.skipped += 1  # someone else moved it first
+                elif isinstance(outcome, NotFound):
+                    report.skipped += 1
+                else:
+                    report.errors.append(f"grant {grant.id}: {type(outcome).__name__}: {outcome}")
+            nsgs = sorted({n.lower(): n for g in todo for n in g.nsg_ids}.values())
+            report.nsgs = len(nsgs)
+            for failure in pool.map(self._pass, nsgs):
+                if failure is not None:
+                    report.errors.append(failure)
+        return report
+
+    def audit(
+        self,
+        kind: str,
+        grant: Grant | None,
+        by: Principal | None,
+        *,
+        source: str | None = None,
+        vm_id: str | None = None,
+        port: int | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Append one event to the audit trail; a failure to write it is logged, never raised."""
+        event = AuditEvent(
+            kind=kind,
+            at=self._clock(),
+            grant_id=grant.id if grant else None,
+            principal=by.oid if by else (grant.principal if grant else None),
+            source=grant.source if grant else source,
+            vm_id=grant.vm_id if grant else vm_id,
+            port=grant.port if grant else port,
+            reason=reason,
+            detail=detail,
+        )
+        try:
+            self._store.record(event)
+        except Exception:
+            log.exception("could not record audit event %s for grant %s", kind, event.grant_id)
+
+    def _try_close(self, grant: Grant, status: GrantStatus, reason: str | None) -> Grant | Exception:
+        try:
+            return self.record_closed(grant, status, reason=reason)
+        except Exception as err:  # reported per grant by close_many
+            return err
+
+    def _pass(self, nsg_id: str) -> str | None:
+        try:
+            self._reconciler.reconcile(nsg_id)
+        except Exception as err:
+            return f"nsg {nsg_id}: {type(err).__name__}: {_text(err)}"
+        return None
+
+
+def _text(err: Any) -> str:
+    return str(getattr(err, "message", err))
