@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN §2, checked on the source: what each part may import.
+"""The dependency rules of docs/design.md §2, checked on the source: what each part may import.
 
 - the broker (`jitbroker/`, `function_app.py`) never imports the lab, the CLI, the tests or the benchmarks;
 - the CLI (`cli/jitcli/`) never imports the broker or the lab: it is installed on its own;
