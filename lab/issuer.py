@@ -12,7 +12,8 @@ Two listeners on 127.0.0.1, both in background threads:
     `{api_client_id}/.default` or `https://management.azure.com/.default`), optional `client_id` (becomes
     `azp`/`appid`). Answers like Entra: `{"token_type": "Bearer", "scope", "expires_in", "ext_expires_in",
     "access_token"}`, or an Entra-shaped error (`{"error", "error_description": "AADSTS…", "error_codes"}`)
-    with status 400.
+    with status 400. Also `grant_type=client_credentials` with a lab client application's `client_id` (no
+    secret is checked) and `scope={app_id_uri}/.default`: an app-only token, which the broker must refuse.
 * **HTTP** (`.identity_endpoint`): the App Service / Azure Functions managed-identity protocol, plain HTTP on
   loopback as the platform serves it. `GET /msi/token?resource=…&api-version=2019-08-01[&client_id=…]` with
   header `X-IDENTITY-HEADER: {identity_header}` answers `{"access_token", "expires_on", "resource",
@@ -23,6 +24,12 @@ API tokens carry the claims of Entra access tokens: v2 (`ver: "2.0"`, `aud` = th
 `preferred_username`) by default; v1 (`ver: "1.0"`, `aud` = the app ID URI, `appid`, `upn`, `unique_name`)
 on request, or when `api_token_version` is `"1"` (the app registration's `accessTokenAcceptedVersion`). ARM
 tokens are v1-shaped with `aud` = `https://management.azure.com/`, as Entra issues them.
+
+A user's token is delegated: `scp` is the API's delegated scope (`api_scope`, `user_impersonation` by
+default), `roles` the user's app roles (absent when they hold none), `sub` pairwise. An app-only token
+(client credentials, `app_token`) is what Entra issues to an application acting as itself: no `scp`, the
+application permissions granted to it in `roles`, its service principal as both `oid` and `sub`, and
+`idtyp: app` (the optional claim an API asks for to tell the two apart).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,6 +75,28 @@ class ManagedIdentity:
     client_id: str
     principal_id: str
     resource_id: str
+
+
+@dataclass(frozen=True)
+class ClientApp:
+    """A confidential client application of the lab's tenant acting as itself (a daemon, client credentials).
+
+    `principal_id` is its service principal's object id (the `oid` and `sub` of its tokens); `roles` are the
+    app roles granted to it on the broker's API as application permissions.
+    """
+
+    client_id: str
+    principal_id: str
+    roles: tuple[str, ...]
+
+
+# A daemon granted the admin role as an application permission: the worst an app registration that lets apps
+# hold its roles could issue. The broker acts for people only and must refuse its tokens.
+LAB_DAEMON_APP = ClientApp(
+    client_id="da3e0000-0000-4000-8000-00000000da01",
+    principal_id="da3e0000-0000-4000-8000-00000000da02",
+    roles=("JIT.Admin",),
+)
 
 
 LAB_BROKER_IDENTITY = ManagedIdentity(
@@ -119,6 +148,8 @@ class TokenIssuer:
         host: str = "127.0.0.1",
         managed_identity: ManagedIdentity = LAB_BROKER_IDENTITY,
         api_token_version: str = "2",  # noqa: S107 - a version, not a secret
+        api_scope: str = API_SCOPE_NAME,
+        client_apps: Sequence[ClientApp] = (LAB_DAEMON_APP,),
     ) -> None:
         if ca is not None:
             certfile, keyfile = ca.certfile, ca.keyfile
@@ -128,6 +159,8 @@ class TokenIssuer:
         self.tenant_id = scenario.tenant.tenant_id
         self.managed_identity = managed_identity
         self.api_token_version = api_token_version
+        self.api_scope = api_scope
+        self.client_apps = tuple(client_apps)
         self.identity_header = secrets.token_urlsafe(24)
         self._tls = server_context(certfile, keyfile)
         self._host = host
@@ -264,7 +297,7 @@ class TokenIssuer:
             "tid": tenant.tenant_id,
             "oid": spec.oid,
             "name": spec.display_name,
-            "scp": API_SCOPE_NAME,
+            "scp": self.api_scope,
             "iat": now,
             "nbf": now,
             "exp": now + TOKEN_LIFETIME_S,
@@ -300,6 +333,58 @@ class TokenIssuer:
     def token(self, user_name: str, *, version: str | None = None, **claim_overrides: Any) -> str:
         """A signed access token for the broker's API; overrides replace claims, a None override drops one."""
         claims = self.user_claims(user_name, version=version)
+        for name, value in claim_overrides.items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return self.sign(claims)
+
+    def app_claims(
+        self, app: ClientApp | None = None, *, version: str | None = None, now: int | None = None
+    ) -> dict[str, Any]:
+        """The claims of an app-only access token for the broker's API (client credentials), v2 by default."""
+        app = app or LAB_DAEMON_APP
+        version = version or self.api_token_version
+        now = int(time.time()) if now is None else now
+        tenant = self.scenario.tenant
+        claims: dict[str, Any] = {
+            "tid": tenant.tenant_id,
+            "oid": app.principal_id,
+            "sub": app.principal_id,
+            "idtyp": "app",
+            "iat": now,
+            "nbf": now,
+            "exp": now + TOKEN_LIFETIME_S,
+            "uti": _b64url(secrets.token_bytes(16)),
+        }
+        if app.roles:
+            claims["roles"] = list(app.roles)
+        if version == "2":
+            claims |= {
+                "iss": self.issuer_v2,
+                "aud": tenant.api_client_id,
+                "azp": app.client_id,
+                "azpacr": "1",
+                "ver": "2.0",
+            }
+        elif version == "1":
+            claims |= {
+                "iss": self.issuer_v1,
+                "aud": tenant.app_id_uri,
+                "appid": app.client_id,
+                "appidacr": "1",
+                "ver": "1.0",
+            }
+        else:
+            raise ValueError(f"token version must be '1' or '2', not {version!r}")
+        return claims
+
+    def app_token(
+        self, app: ClientApp | None = None, *, version: str | None = None, **claim_overrides: Any
+    ) -> str:
+        """A signed app-only token for the broker's API; overrides replace claims, None drops one."""
+        claims = self.app_claims(app, version=version)
         for name, value in claim_overrides.items():
             if value is None:
                 claims.pop(name, None)
@@ -402,6 +487,8 @@ class TokenIssuer:
         if tenant != self.tenant_id:
             return 400, _aad_error("invalid_tenant", 90002, f"Tenant '{tenant}' not found.")
         grant_type = form.get("grant_type", "")
+        if grant_type == "client_credentials":
+            return self._client_credentials(tenant, form)
         if grant_type != "password":
             return 400, _aad_error(
                 "unsupported_grant_type", 70003, f"The app requested unsupported grant type '{grant_type}'."
@@ -414,12 +501,7 @@ class TokenIssuer:
             )
         scopes = form.get("scope", "").split()
         resource = next((s.removesuffix("/.default") for s in scopes if s.endswith("/.default")), None)
-        tenant_spec = self.scenario.tenant
-        api_resources = {
-            tenant_spec.app_id_uri,
-            tenant_spec.api_client_id,
-            f"api://{tenant_spec.api_client_id}",
-        }
+        api_resources = self._api_resources()
         azp = form.get("client_id") or AZURE_CLI_CLIENT_ID
         if resource in api_resources:
             claims = self.user_claims(user)
@@ -442,6 +524,35 @@ class TokenIssuer:
             "expires_in": TOKEN_LIFETIME_S,
             "ext_expires_in": TOKEN_LIFETIME_S,
             "access_token": access_token,
+        }
+
+    def _api_resources(self) -> set[str]:
+        tenant = self.scenario.tenant
+        return {tenant.app_id_uri, tenant.api_client_id, f"api://{tenant.api_client_id}"}
+
+    def _client_credentials(self, tenant: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """An application's own token (no user): what a daemon gets with its client id and secret."""
+        client_id = form.get("client_id", "")
+        app = next((a for a in self.client_apps if a.client_id == client_id), None)
+        if app is None:
+            return 400, _aad_error(
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory '{tenant}'.",
+            )
+        scope = form.get("scope", "")
+        if not scope.endswith("/.default") or scope.removesuffix("/.default") not in self._api_resources():
+            return 400, _aad_error(
+                "invalid_resource",
+                500011,
+                f"The resource principal named {scope.removesuffix('/.default')} was not found in the tenant "
+                f"named {tenant}.",
+            )
+        return 200, {
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_S,
+            "ext_expires_in": TOKEN_LIFETIME_S,
+            "access_token": self.sign(self.app_claims(app)),
         }
 
     def _handle_identity(

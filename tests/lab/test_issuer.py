@@ -9,7 +9,7 @@ import jwt
 import pytest
 import requests
 
-from lab.issuer import AZURE_CLI_CLIENT_ID, TokenIssuer
+from lab.issuer import AZURE_CLI_CLIENT_ID, LAB_DAEMON_APP, ClientApp, TokenIssuer
 from lab.scenario import Scenario
 from lab.tls import LabCA
 
@@ -180,12 +180,26 @@ def test_token_endpoint_uses_the_calling_client_as_azp(issuer, scenario):
             500011,
         ),
         (
-            {"grant_type": "client_credentials", "scope": "api://jit-broker-lab/.default"},
+            {"grant_type": "authorization_code", "code": "x", "scope": "api://jit-broker-lab/.default"},
             "unsupported_grant_type",
             70003,
         ),
+        (
+            {"grant_type": "client_credentials", "client_id": AZURE_CLI_CLIENT_ID, "scope": API_SCOPE},
+            "unauthorized_client",
+            700016,
+        ),
+        (
+            {
+                "grant_type": "client_credentials",
+                "client_id": LAB_DAEMON_APP.client_id,
+                "scope": "https://management.azure.com/.default",
+            },
+            "invalid_resource",
+            500011,
+        ),
     ],
-    ids=["unknown-user", "unknown-resource", "unsupported-grant"],
+    ids=["unknown-user", "unknown-resource", "unsupported-grant", "unknown-client-app", "app-for-arm"],
 )
 def test_token_endpoint_refuses_with_entra_errors(issuer, scenario, form, error, code):
     response = sign_in(issuer, scenario, **form)
@@ -247,3 +261,84 @@ def test_a_stopped_issuer_answers_no_more(scenario, lab_ca: LabCA):
 
     with pytest.raises(requests.ConnectionError):
         requests.get(url, timeout=5)
+
+
+def test_user_tokens_delegate_the_apis_scope_in_v1_and_v2(issuer, scenario):
+    for version in ("1", "2"):
+        claims = jwt.decode(issuer.token("alice", version=version), options={"verify_signature": False})
+
+        assert claims["scp"] == "user_impersonation"
+        assert "idtyp" not in claims  # Entra names user tokens only when the API asks (include_user_token)
+        assert claims["sub"] != claims["oid"]
+
+
+def test_the_delegated_scope_is_the_issuers_to_choose(scenario, lab_ca: LabCA):
+    with TokenIssuer(scenario, lab_ca, api_scope="access_as_user") as issuer:
+        token = sign_in(issuer, scenario, grant_type="password", username="bob", scope=API_SCOPE)
+
+        claims = verify(
+            issuer,
+            token.json()["access_token"],
+            audience=scenario.tenant.api_client_id,
+            iss=issuer.issuer_v2,
+        )
+        assert claims["scp"] == "access_as_user"
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_app_only_tokens_are_shaped_like_entras_client_credentials_tokens(issuer, scenario, version):
+    audience = scenario.tenant.api_client_id if version == "2" else scenario.tenant.app_id_uri
+    iss = issuer.issuer_v2 if version == "2" else issuer.issuer_v1
+
+    claims = verify(issuer, issuer.app_token(version=version), audience=audience, iss=iss)
+
+    assert claims["idtyp"] == "app"
+    assert claims["roles"] == ["JIT.Admin"]
+    assert "scp" not in claims
+    assert claims["oid"] == claims["sub"] == LAB_DAEMON_APP.principal_id
+    assert claims["azp" if version == "2" else "appid"] == LAB_DAEMON_APP.client_id
+    assert claims["ver"] == f"{version}.0"
+    assert not {"name", "preferred_username", "upn"} & set(claims)
+
+
+def test_app_token_overrides_replace_and_drop_claims(issuer):
+    claims = jwt.decode(
+        issuer.app_token(idtyp=None, roles=["JIT.Requester"]), options={"verify_signature": False}
+    )
+
+    assert "idtyp" not in claims
+    assert claims["roles"] == ["JIT.Requester"]
+
+
+def test_token_endpoint_issues_app_only_tokens_by_client_credentials(issuer, scenario):
+    response = sign_in(
+        issuer,
+        scenario,
+        grant_type="client_credentials",
+        client_id=LAB_DAEMON_APP.client_id,
+        client_secret="not-checked-in-the-lab",
+        scope=f"{scenario.tenant.app_id_uri}/.default",
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token_type"] == "Bearer"
+    assert "scope" not in body
+    claims = verify(
+        issuer, body["access_token"], audience=scenario.tenant.api_client_id, iss=issuer.issuer_v2
+    )
+    assert claims["idtyp"] == "app"
+    assert claims["azp"] == LAB_DAEMON_APP.client_id
+    assert "scp" not in claims
+
+
+def test_the_labs_client_applications_are_configurable(scenario, lab_ca: LabCA):
+    reader = ClientApp("c0de0000-0000-4000-8000-00000000c0de", "c0de0000-0000-4000-8000-0000000050b1", ())
+    with TokenIssuer(scenario, lab_ca, client_apps=[reader]) as issuer:
+        form = {"grant_type": "client_credentials", "scope": API_SCOPE}
+        assert sign_in(issuer, scenario, client_id=LAB_DAEMON_APP.client_id, **form).status_code == 400
+        response = sign_in(issuer, scenario, client_id=reader.client_id, **form)
+
+        claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+        assert claims["oid"] == reader.principal_id
+        assert "roles" not in claims
