@@ -1,8 +1,11 @@
 """Bad tokens for security tests: each helper returns one token that a correct verifier must refuse.
 
 Each token is perfect (lab-signed, right issuer, audience, tenant and times) except for the one flaw it
-names, so a test that refuses it proves that one check. `BAD_TOKENS` lists them by name for parametrized
-tests; `no_role` is the exception: it verifies, and proves role checks happen after authentication.
+names, so a test that refuses it proves that one check. `BAD_TOKENS` lists by name those that are not valid
+access tokens for the broker (401 `unauthenticated`); `FORBIDDEN_TOKENS` those that are valid access tokens
+the broker may not act on, with the 403 code each earns (an application's own token, a user's token without
+the broker's scope). `no_role` is the exception: it verifies, and proves role checks happen after
+authentication.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from lab.issuer import ARM_AUDIENCE, SigningKey, TokenIssuer
 
@@ -99,6 +102,28 @@ def no_role(issuer: TokenIssuer, user: str = "alice") -> str:
     return issuer.token(user, roles=None)
 
 
+def id_token(issuer: TokenIssuer, user: str = "alice") -> str:
+    """An ID token as the broker's app registration would get one at sign-in: its client id as `aud`, the
+    tenant's v2 issuer, the user's `oid` and roles, but no `azp` and no `scp`: not an access token."""
+    claims = issuer.user_claims(user)
+    for name in ("scp", "azp", "azpacr"):
+        claims.pop(name, None)
+    claims |= {"nonce": "lab-nonce-0S6_WzA2Mj", "sid": "00000000-0000-4000-8000-00000000517d"}
+    return issuer.sign(claims)
+
+
+def app_only(issuer: TokenIssuer, user: str = "alice") -> str:
+    """An application's own token for the broker (client credentials): `idtyp: app`, the admin role granted
+    as an application permission, no `scp`, the daemon's service principal as `oid` and `sub`. It verifies,
+    but no person stands behind it (`user` is ignored)."""
+    return issuer.app_token()
+
+
+def wrong_scope(issuer: TokenIssuer, user: str = "alice") -> str:
+    """A user's token for the broker delegating another scope (`scp: User.Read`) and carrying no app role."""
+    return issuer.token(user, scp="User.Read", roles=None)
+
+
 def assemble(header: dict[str, Any], claims: dict[str, Any], signature: bytes) -> str:
     """A compact JWS from its parts, for tokens no library would sign."""
     return f"{_signing_input(header, claims).decode()}.{_b64url(signature)}"
@@ -117,8 +142,24 @@ BAD_TOKENS: dict[str, Callable[[TokenIssuer, str], str]] = {
     "alg_none": alg_none,
     "hs256_with_public_key": hs256_with_public_key,
     "tampered_payload": tampered_payload,
+    "id_token": id_token,
 }
-"""Every helper whose token must be refused (`no_role` is not here: it verifies)."""
+"""Every helper whose token must be refused as no valid access token for the broker: 401 `unauthenticated`
+(`no_role` is not here: it verifies)."""
+
+
+class ForbiddenToken(NamedTuple):
+    """A valid access token for the broker that it must nevertheless refuse, and the 403 code it earns."""
+
+    make: Callable[[TokenIssuer, str], str]
+    code: str
+
+
+FORBIDDEN_TOKENS: dict[str, ForbiddenToken] = {
+    "app_only": ForbiddenToken(app_only, "user_token_required"),
+    "wrong_scope": ForbiddenToken(wrong_scope, "insufficient_scope"),
+}
+"""Every helper whose token verifies but must be refused with 403 and the code given."""
 
 
 def _signing_input(header: dict[str, Any], claims: dict[str, Any]) -> bytes:

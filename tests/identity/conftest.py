@@ -13,7 +13,10 @@ from lab.tls import LabCA
 from tests.identity.minissuer import (
     ALICE_OID,
     APP_ID_URI,
+    AZURE_CLI,
     CLIENT_ID,
+    DAEMON_APP_ID,
+    DAEMON_SP_OID,
     TENANT,
     FakeClock,
     MiniIssuer,
@@ -85,7 +88,7 @@ def v2_claims(mini_issuer: MiniIssuer, clock: FakeClock) -> MakeClaims:
             "preferred_username": "alice@contoso.test",
             "roles": ["JIT.Requester"],
             "scp": "user_impersonation",
-            "azp": "04b07795-8ddb-461a-bbee-02f9e1bf7b46",
+            "azp": AZURE_CLI,
             "ver": "2.0",
             "iat": now,
             "nbf": now,
@@ -110,9 +113,33 @@ def v1_claims(v2_claims: MakeClaims) -> MakeClaims:
             "azp": None,
             "upn": "alice@contoso.test",
             "unique_name": "alice@contoso.test",
-            "appid": "04b07795-8ddb-461a-bbee-02f9e1bf7b46",
+            "appid": AZURE_CLI,
         }
         v1.update(overrides)
         return v2_claims(**v1)
+
+    return claims
+
+
+@pytest.fixture
+def app_claims(v2_claims: MakeClaims) -> MakeClaims:
+    """Claims of a v2 app-only token (client credentials) for the broker's API, as Entra issues them: the
+    client's service principal is both `oid` and `sub`, application permissions come as `roles`, there is no
+    `scp`, and `idtyp` is `app` when the API asks for that optional claim."""
+
+    def claims(**overrides: Any) -> dict[str, Any]:
+        app: dict[str, Any] = {
+            "oid": DAEMON_SP_OID,
+            "sub": DAEMON_SP_OID,
+            "azp": DAEMON_APP_ID,
+            "azpacr": "1",
+            "idtyp": "app",
+            "roles": ["JIT.Admin"],
+            "scp": None,
+            "name": None,
+            "preferred_username": None,
+        }
+        app.update(overrides)
+        return v2_claims(**app)
 
     return claims

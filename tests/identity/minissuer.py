@@ -1,5 +1,5 @@
-"""A tiny OpenID Connect issuer over real HTTPS for the identity tests: discovery, a rotatable JWKS, and a
-request log, so tests can count exactly how often the verifier goes to the issuer.
+"""A tiny OpenID Connect issuer over real HTTPS for the identity tests: v2 and v1 discovery, rotatable JWKS,
+and a request log, so tests can count exactly how often the verifier goes to the issuer.
 
 It is deliberately separate from `lab/issuer.py` (the lab's full Entra stand-in): these tests need to sign
 arbitrary, deliberately broken tokens and to count and fail requests: test machinery, not lab behaviour.
@@ -15,7 +15,7 @@ import json
 import ssl
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +34,9 @@ CLIENT_ID = "0b8f5c4e-6d7a-4b3c-9e2f-a1b2c3d4e5f6"
 APP_ID_URI = "api://jit-broker-test"
 OTHER_APP_ID = "0a0a0a0a-1111-4222-8333-444444444444"
 ALICE_OID = "a11ce000-0000-4000-8000-000000000001"
+AZURE_CLI = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+DAEMON_APP_ID = "da3e0000-0000-4000-8000-00000000da01"
+DAEMON_SP_OID = "da3e0000-0000-4000-8000-00000000da02"
 
 
 _KEY_POOL: list[rsa.RSAPrivateKey] = []
@@ -56,14 +59,23 @@ def b64url_json(value: Any) -> str:
 
 @dataclass
 class MiniIssuer:
-    """HTTPS issuer on 127.0.0.1 serving `/{tenant}/v2.0/.well-known/openid-configuration` and its JWKS."""
+    """HTTPS issuer on 127.0.0.1 serving v2 discovery (`/{tenant}/v2.0/.well-known/openid-configuration`), v1
+    discovery (`/{tenant}/.well-known/openid-configuration`) and their JWKS.
+
+    Both key sets publish `published` unless `published_v1` names the v1 set's own keys. `gate`, when set,
+    holds every JWKS answer until it is opened, so a test can keep a fetch in flight; `on_fetch` runs as a
+    JWKS answer is served (a test's clock can move while a fetch takes its time).
+    """
 
     tls: LabCA
     tenant: str = TENANT
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
+    published_v1: list[str] | None = None
     requests: list[str] = field(default_factory=list)
     failing: bool = False
+    gate: threading.Event | None = None
+    on_fetch: Callable[[], None] | None = None
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +95,19 @@ class MiniIssuer:
     @property
     def jwks_path(self) -> str:
         return f"/{self.tenant}/discovery/v2.0/keys"
+
+    @property
+    def v1_metadata_path(self) -> str:
+        return f"/{self.tenant}/.well-known/openid-configuration"
+
+    @property
+    def v1_jwks_path(self) -> str:
+        return f"/{self.tenant}/discovery/keys"
+
+    def hold_key_fetches(self) -> threading.Event:
+        """From now on every JWKS answer waits until the returned event is set."""
+        self.gate = threading.Event()
+        return self.gate
 
     def count(self, path: str) -> int:
         """How many GETs of `path` the issuer has answered (or failed) so far."""
@@ -126,9 +151,9 @@ class MiniIssuer:
         mac = hmac.new(self.public_pem(kid), signing_input.encode(), hashlib.sha256).digest()
         return f"{signing_input}.{b64url(mac)}"
 
-    def jwks(self) -> dict[str, Any]:
+    def jwks(self, kids: list[str] | None = None) -> dict[str, Any]:
         entries = []
-        for kid in self.published:
+        for kid in self.published if kids is None else kids:
             jwk = RSAAlgorithm.to_jwk(self.keys[kid].public_key(), as_dict=True)
             entries.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
         return {"keys": entries}
@@ -144,8 +169,19 @@ class MiniIssuer:
                 "jwks_uri": f"{self.url}{self.jwks_path}",
                 "token_endpoint": f"{self.url}/{self.tenant}/oauth2/v2.0/token",
             }
-        if path == self.jwks_path:
-            return 200, self.jwks()
+        if path == self.v1_metadata_path:
+            return 200, {
+                "issuer": f"https://sts.windows.net/{self.tenant}/",
+                "jwks_uri": f"{self.url}{self.v1_jwks_path}",
+                "token_endpoint": f"{self.url}/{self.tenant}/oauth2/token",
+            }
+        if path in (self.jwks_path, self.v1_jwks_path):
+            if self.gate is not None:
+                self.gate.wait(timeout=30)
+            if self.on_fetch is not None:
+                self.on_fetch()
+            v1 = path == self.v1_jwks_path and self.published_v1 is not None
+            return 200, self.jwks(self.published_v1 if v1 else None)
         return 404, {"error": "not_found"}
 
     def start(self) -> MiniIssuer:
@@ -178,6 +214,8 @@ class MiniIssuer:
         return self
 
     def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

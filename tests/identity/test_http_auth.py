@@ -1,7 +1,9 @@
 """Tokens at the broker's front door: the real app under uvicorn, real HTTP, the lab's issuer.
 
 Every bad token is a 401 with the API's error shape, never a 5xx and never an echo of the token; a valid token
-without a role authenticates (whoami works) but may not open anything (403).
+the broker may not act on (an application's own, a user's without the broker's scope) is a 403 with its own
+code, even on whoami; a valid user token without a role authenticates (whoami works) but may not open
+anything (403).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from lab.broker import BrokerProcess
 from lab.issuer import TokenIssuer
 from lab.scenario import Scenario
-from lab.tokens import BAD_TOKENS, no_role
+from lab.tokens import BAD_TOKENS, FORBIDDEN_TOKENS, no_role
 
 
 @pytest.fixture
@@ -43,6 +45,25 @@ def test_bad_token_is_refused_with_401(name: str, issuer: TokenIssuer, http: htt
 
     assert_unauthenticated(whoami(http, f"Bearer {token}"), token)
     assert_unauthenticated(http.get("/api/v1/grants", headers={"Authorization": f"Bearer {token}"}), token)
+
+
+@pytest.mark.parametrize("name", sorted(FORBIDDEN_TOKENS))
+def test_forbidden_token_is_refused_with_403_and_its_code(
+    name: str, issuer: TokenIssuer, http: httpx.Client
+) -> None:
+    forbidden = FORBIDDEN_TOKENS[name]
+    token = forbidden.make(issuer, "carol")  # even an admin's identity, were the token acceptable
+    headers = {"Authorization": f"Bearer {token}"}
+
+    for response in (
+        http.get("/api/v1/whoami", headers=headers),
+        http.get("/api/v1/grants", headers=headers),
+        http.post("/api/v1/grants", headers=headers, json={"vm": "web-01", "port": 22}),
+    ):
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == forbidden.code
+        assert response.json()["error"]["message"]
+        assert token.split(".")[1] not in response.text
 
 
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer not-a-jwt", "Basic YWxpY2U6cHc="])
@@ -86,6 +107,7 @@ def test_tokens_sent_to_the_broker_never_reach_its_logs(
     broker: BrokerProcess, issuer: TokenIssuer, http: httpx.Client
 ) -> None:
     sent = [make(issuer, "mallory") for make in BAD_TOKENS.values()] + [issuer.token("mallory")]
+    sent += [forbidden.make(issuer, "mallory") for forbidden in FORBIDDEN_TOKENS.values()]
     for token in sent:
         whoami(http, f"Bearer {token}")
         http.post("/api/v1/grants", headers={"Authorization": f"Bearer {token}"}, json={"vm": "nope"})

@@ -1,7 +1,8 @@
 """The verifier against the lab's Entra ID stand-in, configured exactly as the broker is in the lab.
 
 These prove the two agree on the wire (discovery, JWKS, claim shapes, v1 and v2) and that every bad token the
-security suite uses is refused for the reason it names.
+security suite uses is refused for the reason it names, and every forbidden one (an application's own token, a
+user's token without the broker's scope) with the 403 code it names.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from jitbroker.errors import NotAuthenticated
+from jitbroker.errors import JitError, NotAuthenticated
 from jitbroker.identity import TokenVerifier
-from lab.issuer import TokenIssuer
+from lab.issuer import LAB_DAEMON_APP, TokenIssuer
 from lab.scenario import Scenario
 from lab.tls import LabCA
-from lab.tokens import BAD_TOKENS, no_role
+from lab.tokens import BAD_TOKENS, FORBIDDEN_TOKENS, no_role
 from tests.identity.minissuer import FakeClock
 
 LabVerifier = Callable[..., TokenVerifier]
@@ -39,6 +40,7 @@ REASONS = {
     "alg_none": "RS256",
     "hs256_with_public_key": "RS256",
     "tampered_payload": "signature",
+    "id_token": "not an access token",
 }
 
 
@@ -117,6 +119,43 @@ def test_every_lab_bad_token_is_refused_for_its_reason(
     assert token.split(".")[1] not in caplog.text
 
 
+@pytest.mark.parametrize("name", sorted(FORBIDDEN_TOKENS))
+def test_every_lab_forbidden_token_is_refused_with_its_code(
+    name: str, issuer: TokenIssuer, lab_verifier: LabVerifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    forbidden = FORBIDDEN_TOKENS[name]
+    token = forbidden.make(issuer, "alice")
+
+    with pytest.raises(JitError) as caught:
+        lab_verifier().verify(token)
+
+    assert (caught.value.status, caught.value.code) == (403, forbidden.code)
+    assert token not in caught.value.message
+    assert token.split(".")[1] not in caplog.text
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_daemons_token_from_the_labs_sign_in_endpoint_is_refused(
+    scenario: Scenario, issuer: TokenIssuer, lab_verifier: LabVerifier, version: str
+) -> None:
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": LAB_DAEMON_APP.client_id,
+            "scope": f"{scenario.tenant.app_id_uri}/.default",
+        }
+    ).encode()
+    with urllib.request.urlopen(issuer.token_endpoint, data=form, timeout=10) as response:
+        access_token = json.loads(response.read())["access_token"]
+    verifier = lab_verifier(token_versions=frozenset({"1", "2"}), v1_issuer=issuer.issuer_v1)
+
+    for token in (access_token, issuer.app_token(version=version), issuer.app_token(idtyp=None)):
+        with pytest.raises(JitError) as caught:
+            verifier.verify(token)
+        assert caught.value.code == "user_token_required"
+
+
 def test_lab_token_without_roles_verifies_with_no_roles(
     issuer: TokenIssuer, lab_verifier: LabVerifier
 ) -> None:
@@ -176,6 +215,8 @@ def test_lab_key_rotation_is_followed_and_retired_keys_stop_working(
 
     own_issuer.retire_old_keys()
     clock.advance(3600)
+    assert verifier.verify(new_token).oid  # served from the expired cache while it is refreshed behind
+    assert verifier.wait_for_key_refresh()
     with pytest.raises(NotAuthenticated):
         verifier.verify(old_token)
     assert verifier.verify(new_token).oid

@@ -6,18 +6,23 @@ Every token here is signed by (or forged against) a real issuer serving its keys
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from jitbroker.errors import NotAuthenticated
+from jitbroker.config import Settings
+from jitbroker.errors import JitError, NotAuthenticated
 from jitbroker.identity import Principal, TokenVerifier, bearer_token
 from tests.identity.conftest import MakeClaims, MakeVerifier
 from tests.identity.minissuer import (
     ALICE_OID,
     APP_ID_URI,
+    AZURE_CLI,
     CLIENT_ID,
+    DAEMON_APP_ID,
+    DAEMON_SP_OID,
     OTHER_APP_ID,
     OTHER_TENANT,
     TENANT,
@@ -33,6 +38,14 @@ def refused(verifier: TokenVerifier, token: str) -> str:
     with pytest.raises(NotAuthenticated) as caught:
         verifier.verify(token)
     assert caught.value.status == 401
+    return caught.value.message
+
+
+def forbidden(verifier: TokenVerifier, token: str, code: str) -> str:
+    """The message of the 403 the verifier raises for a verified token it may not accept; checks its code."""
+    with pytest.raises(JitError) as caught:
+        verifier.verify(token)
+    assert (caught.value.status, caught.value.code) == (403, code), caught.value.message
     return caught.value.message
 
 
@@ -122,13 +135,50 @@ def test_lab_can_name_its_own_v1_issuer(
     refused(verifier, mini_issuer.sign(v1_claims()))  # the real sts.windows.net form is no longer trusted
 
 
-def test_each_token_version_must_carry_its_own_audience(
-    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims, v2_claims: MakeClaims
+def test_v2_tokens_carry_the_client_id_as_audience_and_nothing_else(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims
 ) -> None:
     verifier = make_verifier(token_versions=frozenset({"1", "2"}))
 
-    assert "another application" in refused(verifier, mini_issuer.sign(v1_claims(aud=CLIENT_ID)))
     assert "another application" in refused(verifier, mini_issuer.sign(v2_claims(aud=APP_ID_URI)))
+    assert "another application" in refused(verifier, mini_issuer.sign(v2_claims(aud=f"{APP_ID_URI}/")))
+
+
+@pytest.mark.parametrize("audience", [APP_ID_URI, f"{APP_ID_URI}/", CLIENT_ID])
+def test_v1_tokens_may_carry_the_app_id_uri_or_the_client_id_as_audience(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims, audience: str
+) -> None:
+    # Entra's v1 `aud` is whatever the client asked for: an app ID URI (with or without a trailing slash) or
+    # the API's client id (optional claims reference, `aud` additionalProperties).
+    verifier = make_verifier(token_versions=frozenset({"1"}))
+
+    assert verifier.verify(mini_issuer.sign(v1_claims(aud=audience))).oid == ALICE_OID
+
+
+def test_v1_tokens_are_verified_against_the_v1_metadatas_keys(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims, v2_claims: MakeClaims
+) -> None:
+    v2_only = mini_issuer.current_kid
+    v1_only = mini_issuer.add_key(publish=False)
+    mini_issuer.published_v1 = [v1_only]
+    verifier = make_verifier(token_versions=frozenset({"1", "2"}))
+
+    assert verifier.verify(mini_issuer.sign(v1_claims(), kid=v1_only)).oid == ALICE_OID
+    assert verifier.verify(mini_issuer.sign(v2_claims(), kid=v2_only)).oid == ALICE_OID
+    # A key is trusted only for the issuer whose metadata publishes it.
+    assert "does not publish" in refused(verifier, mini_issuer.sign(v1_claims(), kid=v2_only))
+    assert "does not publish" in refused(verifier, mini_issuer.sign(v2_claims(), kid=v1_only))
+    assert mini_issuer.count(mini_issuer.v1_jwks_path) >= 1
+
+
+def test_only_the_configured_versions_keys_are_fetched(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims, v2_claims: MakeClaims
+) -> None:
+    verifier.verify(mini_issuer.sign(v2_claims()))
+    refused(verifier, mini_issuer.sign(v1_claims()))
+
+    assert mini_issuer.count(mini_issuer.v1_metadata_path) == 0
+    assert mini_issuer.count(mini_issuer.v1_jwks_path) == 0
 
 
 def test_version_claim_must_agree_with_the_issuer(
@@ -138,6 +188,191 @@ def test_version_claim_must_agree_with_the_issuer(
 
     refused(verifier, mini_issuer.sign(v2_claims(ver="1.0")))
     refused(verifier, mini_issuer.sign(v1_claims(ver="2.0")))
+
+
+# --- delegated user tokens only -----------------------------------------------------------------------------
+
+
+def test_app_only_token_is_refused_even_with_the_admin_role(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, app_claims: MakeClaims
+) -> None:
+    message = forbidden(verifier, mini_issuer.sign(app_claims()), "user_token_required")
+
+    assert "application" in message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"idtyp": None},  # the API did not ask for `idtyp`: no `scp` is what gives it away
+        {"idtyp": None, "sub": "not-the-oid"},
+        {"idtyp": None, "roles": None},
+        {"scp": "user_impersonation"},  # `idtyp: app` wins over anything else the token says
+        {"idtyp": None, "scp": "user_impersonation"},  # `sub` == `oid`: a service principal, not a user
+        {"idtyp": "device"},
+    ],
+)
+def test_app_only_tokens_are_recognised_in_every_shape(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, app_claims: MakeClaims, overrides: dict[str, object]
+) -> None:
+    forbidden(verifier, mini_issuer.sign(app_claims(**overrides)), "user_token_required")
+
+
+def test_app_only_v1_token_is_refused(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims
+) -> None:
+    verifier = make_verifier(token_versions=frozenset({"1"}))
+    token = v1_claims(
+        oid=DAEMON_SP_OID, sub=DAEMON_SP_OID, appid=DAEMON_APP_ID, appidacr="2", idtyp="app", scp=None
+    )
+
+    forbidden(verifier, mini_issuer.sign(token), "user_token_required")
+
+
+@pytest.mark.parametrize("scp", ["User.Read", "user_impersonation_all", "USER_IMPERSONATION", ""])
+def test_user_token_without_the_brokers_scope_is_refused(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims, scp: str
+) -> None:
+    message = forbidden(verifier, mini_issuer.sign(v2_claims(scp=scp)), "insufficient_scope")
+
+    assert "user_impersonation" in message
+
+
+def test_scope_is_found_among_space_separated_scopes(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims
+) -> None:
+    token = mini_issuer.sign(v2_claims(scp="User.Read user_impersonation offline_access"))
+
+    assert verifier.verify(token).oid == ALICE_OID
+
+
+def test_the_delegated_scope_is_configurable(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims
+) -> None:
+    verifier = make_verifier(api_scope="access_as_user")
+
+    assert verifier.verify(mini_issuer.sign(v2_claims(scp="access_as_user"))).oid == ALICE_OID
+    forbidden(verifier, mini_issuer.sign(v2_claims()), "insufficient_scope")
+
+
+@pytest.mark.parametrize("scope", ["", "two words", "api://jit-broker-test/user_impersonation"])
+def test_the_delegated_scope_must_be_a_scope_value(make_verifier: MakeVerifier, scope: str) -> None:
+    with pytest.raises(ValueError):
+        make_verifier(api_scope=scope)
+
+
+@pytest.mark.parametrize("role", ["JIT.Requester", "JIT.Admin"])
+def test_a_user_token_may_carry_a_broker_role_instead_of_the_scope(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims, role: str
+) -> None:
+    verifier = make_verifier(roles_instead_of_scope=("JIT.Requester", "JIT.Admin"))
+
+    assert verifier.verify(mini_issuer.sign(v2_claims(scp="User.Read", roles=[role]))).roles == {role}
+    explicit_user = v2_claims(scp=None, idtyp="user", roles=[role])
+    assert verifier.verify(mini_issuer.sign(explicit_user)).oid == ALICE_OID
+    forbidden(
+        verifier, mini_issuer.sign(v2_claims(scp="User.Read", roles=["JIT.Other"])), "insufficient_scope"
+    )
+    forbidden(verifier, mini_issuer.sign(v2_claims(scp=None, idtyp="user", roles=None)), "insufficient_scope")
+
+
+def test_roles_stand_in_for_the_scope_only_when_configured(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims
+) -> None:
+    forbidden(verifier, mini_issuer.sign(v2_claims(scp="User.Read")), "insufficient_scope")
+
+
+def test_a_role_does_not_make_an_app_only_token_acceptable(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, app_claims: MakeClaims
+) -> None:
+    verifier = make_verifier(roles_instead_of_scope=("JIT.Requester", "JIT.Admin"))
+
+    forbidden(verifier, mini_issuer.sign(app_claims(idtyp=None)), "user_token_required")
+
+
+def test_an_id_token_is_not_an_access_token(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims
+) -> None:
+    # An ID token issued to the broker's app registration has its client id as `aud`, the tenant's v2
+    # issuer, `oid` and `roles`, but no `azp` and no `scp` (ID token claims reference).
+    id_token = v2_claims(azp=None, scp=None, nonce="n-0S6_WzA2Mj", sid="c0ffee00-0000-4000-8000-000000000001")
+
+    assert "not an access token" in refused(verifier, mini_issuer.sign(id_token))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"azp": None}, {"azp": 42}, {"azp": "the-cli"}, {"scp": ["user_impersonation"]}, {"idtyp": 1}],
+)
+def test_malformed_client_scope_or_type_claims_are_refused(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims, overrides: dict[str, object]
+) -> None:
+    refused(verifier, mini_issuer.sign(v2_claims(**overrides)))
+
+
+def test_v1_token_must_name_its_client_in_appid(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims
+) -> None:
+    verifier = make_verifier(token_versions=frozenset({"1"}))
+
+    assert "not an access token" in refused(verifier, mini_issuer.sign(v1_claims(appid=None)))
+    assert "not an access token" in refused(verifier, mini_issuer.sign(v1_claims(appid=None, azp=AZURE_CLI)))
+
+
+# --- client applications ------------------------------------------------------------------------------------
+
+
+def test_any_client_application_is_accepted_by_default(
+    verifier: TokenVerifier, mini_issuer: MiniIssuer, v2_claims: MakeClaims
+) -> None:
+    assert verifier.verify(mini_issuer.sign(v2_claims(azp=OTHER_APP_ID))).oid == ALICE_OID
+
+
+def test_only_allowed_client_applications_are_accepted_when_listed(
+    make_verifier: MakeVerifier, mini_issuer: MiniIssuer, v1_claims: MakeClaims, v2_claims: MakeClaims
+) -> None:
+    verifier = make_verifier(token_versions=frozenset({"1", "2"}), allowed_client_apps=[AZURE_CLI.upper()])
+
+    assert verifier.verify(mini_issuer.sign(v2_claims())).oid == ALICE_OID
+    assert verifier.verify(mini_issuer.sign(v1_claims())).oid == ALICE_OID
+    forbidden(verifier, mini_issuer.sign(v2_claims(azp=OTHER_APP_ID)), "client_app_not_allowed")
+    forbidden(verifier, mini_issuer.sign(v1_claims(appid=OTHER_APP_ID)), "client_app_not_allowed")
+    # v2 tokens name the client in `azp`, v1 in `appid`: the other version's claim is not looked at.
+    forbidden(
+        verifier, mini_issuer.sign(v2_claims(azp=OTHER_APP_ID, appid=AZURE_CLI)), "client_app_not_allowed"
+    )
+
+
+@pytest.mark.parametrize("clients", [["the-cli"], [" "], [f"{AZURE_CLI},{OTHER_APP_ID}"]])
+def test_allowed_client_applications_must_be_client_ids(
+    make_verifier: MakeVerifier, clients: list[str]
+) -> None:
+    with pytest.raises(ValueError):
+        make_verifier(allowed_client_apps=clients)
+
+
+def test_the_brokers_settings_configure_scope_roles_clients_and_versions(
+    mini_issuer: MiniIssuer, v1_claims: MakeClaims, v2_claims: MakeClaims, clock: FakeClock
+) -> None:
+    sample = Path(__file__).resolve().parents[2] / "local.settings.sample.json"
+    env = {
+        **json.loads(sample.read_text())["Values"],
+        "JIT_AUTHORITY_HOST": mini_issuer.url,
+        "JIT_TENANT_ID": TENANT,
+        "JIT_API_CLIENT_ID": CLIENT_ID,
+        "JIT_API_APP_ID_URI": APP_ID_URI,
+        "JIT_TOKEN_VERSIONS": "1,2",
+        "JIT_API_SCOPE": "access_as_user",
+        "JIT_ALLOWED_CLIENT_APPS": AZURE_CLI,
+        "JIT_ALLOWED_SCOPES": "/subscriptions/00000000-0000-4000-8000-0000000000a1",
+        "AZURE_CLIENT_ID": "",
+    }
+    verifier = TokenVerifier.from_settings(Settings.from_env(env), clock=clock)
+
+    assert verifier.verify(mini_issuer.sign(v2_claims(scp="access_as_user", roles=None))).oid == ALICE_OID
+    assert verifier.verify(mini_issuer.sign(v1_claims(scp="User.Read", roles=["JIT.Admin"]))).oid == ALICE_OID
+    forbidden(verifier, mini_issuer.sign(v2_claims(roles=None)), "insufficient_scope")
+    forbidden(verifier, mini_issuer.sign(v2_claims(azp=OTHER_APP_ID)), "client_app_not_allowed")
 
 
 # --- what is refused ---------------------------------------------------------------------------------------

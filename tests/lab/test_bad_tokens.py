@@ -1,8 +1,10 @@
 """Every bad-token helper yields a token that fails verification for exactly the reason it names.
 
 Verification here is the reference check the broker must do (Entra's guidance, with PyJWT): keys from the
-served JWKS, RS256 only, exact issuer, audience and tenant, times with leeway. Each bad token is also shown to
-pass once the one check it targets is relaxed, so it fails for that reason and no other.
+served JWKS, RS256 only, exact issuer, audience and tenant, times with leeway, an access token (one that names
+its client in `azp`). Each bad token is also shown to pass once the one check it targets is relaxed, so it
+fails for that reason and no other. Forbidden tokens pass all of that and fail only the reference
+authorization: a user's delegated token (`scp`, no `idtyp: app`) granting the broker's scope.
 """
 
 from __future__ import annotations
@@ -16,11 +18,23 @@ import jwt
 import pytest
 
 from lab import tokens
-from lab.issuer import TokenIssuer
+from lab.issuer import LAB_DAEMON_APP, TokenIssuer
 
 
 class WrongTenant(jwt.InvalidTokenError):
     """The token's `tid` is not the broker's tenant."""
+
+
+class NotAnAccessToken(jwt.InvalidTokenError):
+    """The token names no client application (`azp`): an ID token, not an access token."""
+
+
+class NotAUserToken(Exception):
+    """A valid token an application obtained for itself, not one a user delegated."""
+
+
+class MissingScope(Exception):
+    """A user's valid token that does not grant the broker's delegated scope."""
 
 
 def reference_verify(
@@ -46,7 +60,17 @@ def reference_verify(
     )
     if "tid" not in relax and claims.get("tid") != issuer.tenant_id:
         raise WrongTenant(f"token is for tenant {claims.get('tid')}")
+    if "azp" not in relax and not claims.get("azp"):
+        raise NotAnAccessToken("token names no client application")
     return claims
+
+
+def reference_authorize(issuer: TokenIssuer, claims: dict[str, Any]) -> None:
+    """Only a user's delegated token granting the broker's scope is acted on."""
+    if claims.get("idtyp") == "app" or "scp" not in claims or claims.get("sub") == claims.get("oid"):
+        raise NotAUserToken("an application's own token")
+    if issuer.api_scope not in claims["scp"].split():
+        raise MissingScope(f"scp is {claims['scp']!r}")
 
 
 # name -> (the error a correct verifier raises, the checks that, relaxed, let it through; None: never)
@@ -63,7 +87,10 @@ EXPECTED: dict[str, tuple[type[Exception], frozenset[str] | None]] = {
     "alg_none": (jwt.InvalidAlgorithmError, None),
     "hs256_with_public_key": (jwt.InvalidAlgorithmError, None),
     "tampered_payload": (jwt.InvalidSignatureError, None),
+    "id_token": (NotAnAccessToken, frozenset({"azp"})),
 }
+
+FORBIDDEN: dict[str, type[Exception]] = {"app_only": NotAUserToken, "wrong_scope": MissingScope}
 
 
 def test_every_bad_token_helper_has_an_expectation():
@@ -83,7 +110,33 @@ def test_bad_token_fails_verification_for_the_reason_it_names(issuer, name):
 
 
 def test_a_good_token_passes_the_reference_verification(issuer):
-    assert reference_verify(issuer, issuer.token("alice"))["roles"] == ["JIT.Requester"]
+    claims = reference_verify(issuer, issuer.token("alice"))
+
+    assert claims["roles"] == ["JIT.Requester"]
+    reference_authorize(issuer, claims)
+
+
+def test_every_forbidden_token_helper_has_an_expectation():
+    assert set(FORBIDDEN) == set(tokens.FORBIDDEN_TOKENS)
+    assert not set(tokens.FORBIDDEN_TOKENS) & set(tokens.BAD_TOKENS)
+
+
+@pytest.mark.parametrize("name", sorted(tokens.FORBIDDEN_TOKENS))
+def test_forbidden_token_verifies_and_fails_only_authorization_for_the_reason_it_names(issuer, name):
+    claims = reference_verify(issuer, tokens.FORBIDDEN_TOKENS[name].make(issuer, "alice"))
+
+    with pytest.raises(FORBIDDEN[name]):
+        reference_authorize(issuer, claims)
+
+
+def test_app_only_token_carries_roles_but_no_user(issuer):
+    claims = reference_verify(issuer, tokens.app_only(issuer))
+
+    assert claims["idtyp"] == "app"
+    assert claims["roles"] == ["JIT.Admin"]
+    assert "scp" not in claims
+    assert claims["sub"] == claims["oid"] == LAB_DAEMON_APP.principal_id
+    assert claims["azp"] == LAB_DAEMON_APP.client_id
 
 
 def test_no_role_token_verifies_but_carries_no_roles(issuer):
