@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ class BrokerProcess:
     """`BrokerProcess(settings).start()` → `.url`; `.stop()`; a context manager.
 
     `sweep_interval` (seconds) runs `run_sweep()` in a second process on that period; None runs no sweeper.
+    `tls` (certificate file, key file) serves HTTPS, as Azure Functions does: the CLI sends bearer tokens only
+    over https:// unless the broker is on loopback.
     """
 
     def __init__(
@@ -43,8 +46,10 @@ class BrokerProcess:
         host: str = "127.0.0.1",
         sweep_interval: float | None = 60.0,
         log_dir: Path | str | None = None,
+        tls: tuple[Path | str, Path | str] | None = None,
     ) -> None:
         self.settings = dict(settings)
+        self.tls = tls
         self.host = host
         self.port = port
         self.sweep_interval = sweep_interval
@@ -56,7 +61,7 @@ class BrokerProcess:
     def url(self) -> str:
         """Base URL of the running broker (no trailing slash)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def api_log(self) -> Path:
@@ -79,6 +84,8 @@ class BrokerProcess:
         self.port = self.port or _free_port(self.host)
         command = [sys.executable, "-m", "uvicorn", "jitbroker.runtime:app", "--host", self.host]
         command += ["--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        if self.tls is not None:
+            command += ["--ssl-certfile", str(self.tls[0]), "--ssl-keyfile", str(self.tls[1])]
         self._api = self._spawn(command, self.api_log)
         self._wait_ready()
         if self.sweep_interval is not None:
@@ -129,7 +136,7 @@ class BrokerProcess:
         while time.monotonic() < deadline:
             if self._api.poll() is not None:
                 break
-            if _healthy(f"{self.url}/api/health"):
+            if _healthy(f"{self.url}/api/health", self.tls):
                 return
             time.sleep(0.1)
         tail = self.api_log.read_text(errors="replace")[-3000:] if self.api_log.exists() else ""
@@ -137,9 +144,10 @@ class BrokerProcess:
         raise BrokerError(f"the broker did not answer on {self.url}/api/health:\n{tail}")
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, tls: tuple[Path | str, Path | str] | None) -> bool:
+    context = ssl.create_default_context(cafile=str(tls[0])) if tls else None  # the chain ends in the lab CA
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - our own URL
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False

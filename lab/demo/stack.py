@@ -151,6 +151,7 @@ class PacketLab:
                     host=HOST_V4,
                     sweep_interval=self.sweep_interval,
                     log_dir=self.folder / "broker",
+                    tls=(self.ca.certfile, self.ca.keyfile),
                 )
             )
             self.admin = ArmAdmin(self.arm.url, verify=str(self.ca.ca_bundle))
