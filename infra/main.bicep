@@ -55,6 +55,12 @@ param requesterRole string = 'JIT.Requester'
 @description('App role that sees and revokes every grant.')
 param adminRole string = 'JIT.Admin'
 
+@description('The delegated scope (its value, as the token\'s scp claim carries it) users consent to for the broker\'s API.')
+param apiScope string = 'user_impersonation'
+
+@description('Client app ids allowed to call the broker (the token\'s azp/appid); empty allows any client app of the tenant.')
+param allowedClientApps array = []
+
 @description('Client apps App Service Authentication lets through; default the Azure CLI (jit, az, azd use it).')
 param allowedClientApplications array = [
   '04b07795-8ddb-461a-bbee-02f9e1bf7b46'
@@ -239,6 +245,9 @@ var brokerSettings = {
   JIT_V1_ISSUER: v1Issuer
   JIT_REQUESTER_ROLE: requesterRole
   JIT_ADMIN_ROLE: adminRole
+  JIT_API_SCOPE: apiScope
+  JIT_ALLOWED_CLIENT_APPS: join(allowedClientApps, ',')
+  JIT_KEY_REFRESH_COOLDOWN_SECONDS: '300'
   JIT_ALLOWED_SCOPES: join(effectiveScopes, ',')
   JIT_PRIORITY_MIN: string(priorityMin)
   JIT_PRIORITY_MAX: string(priorityMax)

@@ -5,7 +5,10 @@
     │   └── PayloadTooLarge       413 payload_too_large
     ├── NotAuthenticated          401 unauthenticated
     ├── NotAllowed                403 forbidden
-    │   └── VmNotEligible         403 vm_not_eligible
+    │   ├── VmNotEligible         403 vm_not_eligible
+    │   ├── UserTokenRequired     403 user_token_required
+    │   ├── InsufficientScope     403 insufficient_scope
+    │   └── ClientAppNotAllowed   403 client_app_not_allowed
     ├── NotFound                  404 not_found
     ├── Conflict                  409 conflict
     │   ├── VmNotRunning          409 vm_not_running

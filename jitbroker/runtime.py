@@ -124,14 +124,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         clock=clock,
         answer_budget=settings.answer_budget_seconds,
     )
-    verifier = TokenVerifier(
-        authority_host=settings.authority_host,
-        tenant_id=settings.tenant_id,
-        api_client_id=settings.api_client_id,
-        app_id_uri=settings.app_id_uri,
-        token_versions=settings.token_versions,
-        v1_issuer=settings.v1_issuer,
-    )
+    verifier = TokenVerifier.from_settings(settings)
     services = Services(settings=settings, grants=grants, verifier=verifier)
     return Broker(
         services=services,

@@ -51,6 +51,9 @@ def broker_settings(
         "JIT_V1_ISSUER": f"{issuer_url.rstrip('/')}/{tenant.tenant_id}/",
         "JIT_REQUESTER_ROLE": "JIT.Requester",
         "JIT_ADMIN_ROLE": "JIT.Admin",
+        "JIT_API_SCOPE": "user_impersonation",
+        "JIT_ALLOWED_CLIENT_APPS": "",
+        "JIT_KEY_REFRESH_COOLDOWN_SECONDS": "300",
         "JIT_ALLOWED_SCOPES": allowed_scopes,
         "JIT_PRIORITY_MIN": "100",
         "JIT_PRIORITY_MAX": "199",
@@ -64,7 +67,8 @@ def broker_settings(
         "JIT_TOPOLOGY_CACHE_SECONDS": "60",
         # The emulator answers on loopback: poll its long-running operations briskly.
         "JIT_ARM_POLL_SECONDS": "0.2",
-        "JIT_ARM_TIMEOUT_SECONDS": "120",
+        "JIT_ARM_TIMEOUT_SECONDS": "60",
+        "JIT_ANSWER_BUDGET_SECONDS": "20",
         "JIT_ARM_ENDPOINT": arm_url.rstrip("/"),
         # Azurite takes the connection string (shared key); the endpoint form is Azure's identity-based one.
         "JIT_TABLE_ENDPOINT": "",
@@ -74,6 +78,7 @@ def broker_settings(
         "JIT_SWEEP_SCHEDULE": "0 * * * * *",
         "JIT_SWEEP_BATCH": "200",
         "JIT_PENDING_GRACE": "PT2M",
+        "JIT_SWEEP_BUDGET_SECONDS": "90",
         # What Azure Functions provides to a managed-identity app, served by the lab's token issuer.
         "IDENTITY_ENDPOINT": identity_endpoint,
         "IDENTITY_HEADER": identity_header,
