@@ -329,7 +329,10 @@ def test_a_stopped_vm_is_a_409_that_says_so(jit: Jit) -> None:
 
 
 def test_an_arm_failure_is_a_5xx_shown_with_the_brokers_message(jit: Jit, arm_admin: Any) -> None:
-    arm_admin.add_fault(method="PUT", match="securityRules", count=50, status=500, code="InternalServerError")
+    # Every NSG write fails, whether the broker writes one rule (…/securityRules/…) or the whole NSG.
+    arm_admin.add_fault(
+        method="PUT", match="networkSecurityGroups", count=50, status=500, code="InternalServerError"
+    )
     try:
         done = jit.run("grant", "db-01", "--port", "22", "--json")
     finally:
