@@ -6,7 +6,7 @@ found, the function says "assumed" in its docstring."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -91,13 +91,37 @@ def missing_api_version() -> ArmError:
     )
 
 
-def invalid_api_version(value: str) -> ArmError:
-    """An `api-version` that is not a date version (`YYYY-MM-DD` with an optional `-preview` style suffix)."""
+def invalid_api_version(value: str, supported: Sequence[str]) -> ArmError:
+    """An `api-version` that is not a date version: ARM's own answer, listing ARM's own versions.
+
+    Recorded when ARM itself, not a resource provider, reads the version (e.g. "The api-version '2020-11-01'
+    is invalid. The supported versions are '2023-03-01-preview,2022-12-01,…'":
+    pulumi/pulumi-azure-native#2011, Azure/azure-sdk-for-go#803, ansible-collections/azure#1739). That ARM
+    answers a non-date value on a provider's route the same way is assumed: it must parse the version before
+    it can look it up.
+    """
     return ArmError(
         400,
         "InvalidApiVersionParameter",
-        f"The api-version '{value}' is invalid. The supported versions are '2026-04-01,2026-03-01,2024-07-01,"
-        "2024-05-01'.",
+        f"The api-version '{value}' is invalid. The supported versions are '{','.join(supported)}'.",
+    )
+
+
+def no_registered_provider(
+    value: str, rtype: str, location: str, supported: Sequence[str], locations: Sequence[str]
+) -> ArmError:
+    """A date `api-version` the resource provider has not registered for the resource type.
+
+    ARM's wording, e.g. "No registered resource provider found for location 'westeurope' and API version
+    '2022-05-01' for type 'networkSecurityGroups'. The supported api-versions are '2014-12-01-preview, …'. The
+    supported locations are 'westus, …'." (AutomatedLab/AutomatedLab#1361, Azure/azure-cli#28496).
+    """
+    return ArmError(
+        400,
+        "NoRegisteredProviderFound",
+        f"No registered resource provider found for location '{location}' and API version '{value}' for type "
+        f"'{rtype}'. The supported api-versions are '{', '.join(supported)}'. The supported locations are "
+        f"'{', '.join(locations)}'.",
     )
 
 

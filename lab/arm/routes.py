@@ -6,7 +6,6 @@ broker's least-privilege role) and its operation kind (read/write/delete/poll, f
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import threading
@@ -20,6 +19,7 @@ from lab.arm import errors
 from lab.arm.errors import ArmError
 from lab.arm.knobs import Budget, FaultBook, Knobs
 from lab.arm.service import ArmService, WriteResult
+from lab.arm.versions import check_api_version
 
 _LIMIT_HEADERS = {
     "read": "x-ms-ratelimit-remaining-subscription-reads",
@@ -27,7 +27,6 @@ _LIMIT_HEADERS = {
     "write": "x-ms-ratelimit-remaining-subscription-writes",
     "delete": "x-ms-ratelimit-remaining-subscription-deletes",
 }
-_API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2})(-(preview|privatepreview|beta|alpha))?$", re.IGNORECASE)
 _SEG = r"([^/]+)"
 _RG = rf"/subscriptions/{_SEG}/resourcegroups/{_SEG}"
 _NET = rf"{_RG}/providers/microsoft\.network"
@@ -145,22 +144,20 @@ class FrontDoor:
         """The response to an ARM request, and the RBAC op it represents (for the request log)."""
         op, kind, handler, params = match(request.method, request.path)
         try:
-            response = self._handle(request, kind, handler, params)
+            response = self._handle(request, op, kind, handler, params)
         except ArmError as error:
             response = Response(error.status, error.body(), dict(error.headers))
         response.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
         response.headers.setdefault("x-ms-correlation-request-id", str(uuid.uuid4()))
         return response, op
 
-    def _handle(self, request: Request, kind: str, handler: str | None, params: tuple[str, ...]) -> Response:
+    def _handle(
+        self, request: Request, op: str | None, kind: str, handler: str | None, params: tuple[str, ...]
+    ) -> Response:
         self._authenticate(request.headers.get("Authorization"))
         if handler is None:
             raise errors.no_route(request.method, request.path)
-        api_version = request.query.get("api-version")
-        if api_version is None:
-            raise errors.missing_api_version()
-        if not _valid_api_version(api_version):
-            raise errors.invalid_api_version(api_version)
+        api_version = self._check_api_version(request.query.get("api-version"), op, params)
         knobs = self.knobs()
         sub = params[0]
         remaining, retry_after = self.budget.spend(kind, knobs)
@@ -186,6 +183,17 @@ class FrontDoor:
             self.service.deliver()
         response.headers[limit_header] = str(remaining)
         return response
+
+    def _check_api_version(self, api_version: str | None, op: str | None, params: tuple[str, ...]) -> str:
+        """ARM's api-version checks; the provider and type come from the route's RBAC action."""
+        provider, _, rest = (op or "").partition("/")
+        rtype = rest.rsplit("/", 1)[0]
+        locations = self.service.locations()
+        if rtype.startswith("locations/"):
+            where: str | None = params[1]
+        else:
+            where = self.service.rg_location(params[0], params[1]) if len(params) > 1 else None
+        return check_api_version(api_version, provider, rtype, where or locations[0], locations)
 
     def _authenticate(self, header: str | None) -> None:
         if header is None:
@@ -340,14 +348,3 @@ def _json_body(request: Request) -> Any:
         return json.loads(request.body)
     except ValueError as exc:
         raise errors.invalid_request_format(f"The request body is not valid JSON: {exc}.") from exc
-
-
-def _valid_api_version(value: str) -> bool:
-    found = _API_VERSION.match(value)
-    if not found:
-        return False
-    try:
-        dt.date.fromisoformat(found.group(1))
-    except ValueError:
-        return False
-    return True

@@ -88,6 +88,17 @@ class ArmService:
         ):
             raise errors.resource_group_not_found(rg)
 
+    def locations(self) -> list[str]:
+        """The lab's locations (those of its resource groups), sorted."""
+        with self.world.lock:
+            return sorted({location for _, _, location in self.world.resource_groups.values()})
+
+    def rg_location(self, sub: str, rg: str) -> str | None:
+        """A resource group's location, None when there is no such group."""
+        with self.world.lock:
+            found = self.world.resource_groups.get(f"/subscriptions/{sub}/resourcegroups/{rg}".lower())
+            return found[2] if found else None
+
     def _nsg(self, sub: str, rg: str, name: str) -> NsgRecord:
         self.check_scope(sub, rg)
         nsg = self.world.nsgs.get(resource_id(sub, rg, NETWORK, "networkSecurityGroups", name).lower())

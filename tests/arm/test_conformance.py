@@ -153,7 +153,8 @@ STATUS = {"code": str, "level": str, "displayStatus": str}
 INSTANCE_VIEW = {"statuses": [STATUS], "disks": [{"name": str, "statuses": [STATUS]}], "vmAgent": dict}
 
 BASE = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
-API = "?api-version=2026-03-01"
+API = "?api-version=2026-03-01"  # what azure-mgmt-network sends
+COMPUTE_API = "?api-version=2026-04-01"  # what azure-mgmt-compute sends for virtual machines
 
 
 def assert_shape(actual: Any, shape: Any, where: str = "$") -> None:
@@ -206,7 +207,7 @@ def get(arm_emulator: ArmEmulator, lab_ca: LabCA, lab: ArmAdmin) -> Any:
     ],
 )
 def test_get_matches_the_spec_example_shape(get: Any, path: str, shape: dict[str, Any]) -> None:
-    assert_shape(get(path + API).json(), shape)
+    assert_shape(get(path + (COMPUTE_API if "Microsoft.Compute" in path else API)).json(), shape)
 
 
 def test_rule_create_response_matches_the_spec_example_shape(get: Any) -> None:
@@ -234,14 +235,14 @@ def test_rule_create_response_matches_the_spec_example_shape(get: Any) -> None:
 
 
 def test_vm_with_expanded_instance_view_carries_it_inside_properties(get: Any) -> None:
-    vm = get(f"{BASE}/Microsoft.Compute/virtualMachines/web-01{API}&$expand=instanceView").json()
+    vm = get(f"{BASE}/Microsoft.Compute/virtualMachines/web-01{COMPUTE_API}&$expand=instanceView").json()
     assert_shape(vm, VM_GET)
     assert_shape(vm["properties"]["instanceView"], INSTANCE_VIEW)
     assert "instanceView" not in vm
 
 
 def test_linux_vm_has_linux_configuration_and_nic_references_with_primary(get: Any) -> None:
-    vm = get(f"{BASE}/Microsoft.Compute/virtualMachines/web-01{API}").json()
+    vm = get(f"{BASE}/Microsoft.Compute/virtualMachines/web-01{COMPUTE_API}").json()
     assert_shape(
         vm["properties"]["osProfile"], {"linuxConfiguration": {"disablePasswordAuthentication": bool}}
     )
@@ -253,7 +254,7 @@ def test_linux_vm_has_linux_configuration_and_nic_references_with_primary(get: A
 
 def test_list_responses_have_the_value_and_next_link_shape(get: Any, lab: ArmAdmin) -> None:
     lab.set_knobs(page_size=4)
-    first = get(f"{BASE}/Microsoft.Compute/virtualMachines{API}").json()
+    first = get(f"{BASE}/Microsoft.Compute/virtualMachines{COMPUTE_API}").json()
     assert_shape(first, {"value": [VM_GET], "nextLink": str})
     assert len(first["value"]) == 4
     second = get(first["nextLink"].removeprefix(lab.url)).json()

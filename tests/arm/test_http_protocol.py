@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import SecurityRule
 
 from lab.arm import ArmEmulator
 from lab.arm.admin import ArmAdmin
+from lab.arm.versions import KNOWN
 from lab.scenario import Scenario
 from lab.tls import LabCA
 from tests.arm.conftest import RG, SUB, FixedCredential, arm_code
@@ -23,6 +25,7 @@ API = "api-version=2026-03-01"
 NSG_PATH = (
     f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/networkSecurityGroups/web-01-nsg"
 )
+VM_PATH = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/web-01"
 RULE_BODY = {
     "properties": {
         "protocol": "Tcp",
@@ -101,18 +104,69 @@ def test_token_validator_decides_and_sdk_sees_client_authentication_error(
         ("", "MissingApiVersionParameter"),
         ("?api-version=", "InvalidApiVersionParameter"),
         ("?api-version=latest", "InvalidApiVersionParameter"),
+        ("?api-version=garbage", "InvalidApiVersionParameter"),
         ("?api-version=2026-13-01", "InvalidApiVersionParameter"),
+        ("?api-version=2099-01-01", "NoRegisteredProviderFound"),
+        ("?api-version=2026-04-01", "NoRegisteredProviderFound"),  # a Compute version, not a Network one
+        ("?api-version=2024-07-01-preview", "NoRegisteredProviderFound"),
     ],
 )
-def test_api_version_is_required_and_must_be_a_date(raw: Raw, query: str, code: str) -> None:
+def test_api_version_is_required_and_must_be_one_the_provider_serves(raw: Raw, query: str, code: str) -> None:
     response = raw("GET", NSG_PATH + query)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
 
 
-@pytest.mark.parametrize("version", ["2026-03-01", "2018-10-01", "2024-07-01-preview", "2031-01-01"])
-def test_any_well_formed_api_version_is_served(raw: Raw, version: str) -> None:
-    assert raw("GET", f"{NSG_PATH}?api-version={version}").status_code == 200
+def test_an_unknown_date_version_is_no_registered_provider_found_listing_the_supported_ones(raw: Raw) -> None:
+    message = raw("GET", f"{NSG_PATH}?api-version=2099-01-01").json()["error"]["message"]
+    assert message.startswith(
+        "No registered resource provider found for location 'westeurope' and API version '2099-01-01' for "
+        "type 'networkSecurityGroups'. The supported api-versions are '2014-12-01-preview, "
+    )
+    assert "2025-05-01, 2025-07-01, 2026-03-01'. The supported locations are 'westeurope'." in message
+    rule = raw("GET", f"{NSG_PATH}/securityRules/allow-https-inbound?api-version=2099-01-01").json()
+    assert "for type 'networkSecurityGroups/securityRules'" in rule["error"]["message"]
+
+
+def test_a_value_that_is_no_date_gets_arms_own_invalid_api_version_answer(raw: Raw) -> None:
+    message = raw("GET", f"{NSG_PATH}?api-version=latest").json()["error"]["message"]
+    assert message.startswith("The api-version 'latest' is invalid. The supported versions are '2024-08-01,")
+
+
+@pytest.mark.parametrize(
+    ("path", "version"),
+    [
+        (NSG_PATH, "2026-03-01"),  # azure-mgmt-network 33.1.0
+        (NSG_PATH, "2025-05-01"),  # what cloud-provider-azure's recordings used
+        (NSG_PATH, "2018-10-01"),
+        (VM_PATH, "2026-04-01"),  # azure-mgmt-compute 39.0.0
+        (VM_PATH, "2024-07-01"),
+    ],
+)
+def test_versions_the_providers_have_are_served(raw: Raw, path: str, version: str) -> None:
+    assert raw("GET", f"{path}?api-version={version}").status_code == 200
+
+
+def test_the_installed_sdks_default_api_versions_are_served(
+    network: NetworkManagementClient, compute: ComputeManagementClient, lab: ArmAdmin
+) -> None:
+    network.network_security_groups.get(RG, "web-01-nsg")
+    network.network_interfaces.get(RG, "web-01-nic")
+    compute.virtual_machines.get(RG, "web-01")
+    sent = {(r["op"].split("/")[0], r["query"]) for r in lab.requests()}
+    assert all(r["status"] == 200 for r in lab.requests())
+    for provider, query in sent:
+        version = query.removeprefix("api-version=")
+        assert version in KNOWN[provider.lower()], f"{provider} {version}: add it to lab/arm/versions.py"
+
+
+def test_the_sdk_sees_no_registered_provider_found_for_a_version_azure_does_not_have(
+    network: NetworkManagementClient,
+) -> None:
+    with pytest.raises(HttpResponseError) as caught:
+        network.network_security_groups.get(RG, "web-01-nsg", api_version="2099-01-01")
+    assert caught.value.status_code == 400
+    assert arm_code(caught.value) == "NoRegisteredProviderFound"
 
 
 def test_rule_put_answers_201_updating_with_async_operation_and_retry_after(raw: Raw, lab: ArmAdmin) -> None:
