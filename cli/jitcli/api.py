@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
     from jitcli.auth import TokenProvider
 
-#: The broker's error code for "you came over IPv6 but the VM is reachable over IPv4 only" (DESIGN §5):
-#: the CLI then repeats the request over IPv4 so the broker sees the address that can actually connect.
+#: The broker's error code for "you came over IPv6 but the VM is reachable over IPv4 only"
+#: (docs/design.md §5): the CLI then repeats the request over IPv4 so the broker sees the address that can
+#: actually connect.
 IPV4_RETRY_CODES = frozenset({"address_family_mismatch"})
 _TIMEOUT_S = (10.0, 90.0)  # connect, read: granting writes NSG rules, which can take a while in Azure
 

@@ -62,7 +62,7 @@ def describe_grant(grant: Grant) -> str:
 
 
 def unreachable_help(req: SessionRequest, grant: Grant, host: str, port: int) -> str:
-    """Why a granted port may never answer, and how to pass `--source` (DESIGN §5)."""
+    """Why a granted port may never answer, and how to pass `--source` (docs/design.md §5)."""
     return (
         f"The grant lets in {grant.source}, the address the broker saw you coming from. Likely causes:\n"
         "  - a VPN or split tunnel: traffic to the VM leaves from another address than that to the broker\n"

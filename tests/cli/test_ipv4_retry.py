@@ -1,4 +1,5 @@
-"""DESIGN §5: a caller who reaches the broker over IPv6 asks for an IPv4-only VM; `jit` retries over IPv4.
+"""docs/design.md §5: a caller who reaches the broker over IPv6 asks for an IPv4-only VM; `jit` retries
+over IPv4.
 
 The broker listens on ::1 and on 127.0.0.1; its name resolves to ::1 first and 127.0.0.1 second (as a hostname
 with AAAA and A records does), so the first request arrives over IPv6.
