@@ -167,14 +167,44 @@ def another_operation_in_progress(status_url: str) -> ArmError:
     )
 
 
-def precondition_failed(given: str, current: str) -> ArmError:
-    """`If-Match` did not match the resource's etag (NRP's exact body is not documented: assumed)."""
+def weak_etag(value: str) -> str:
+    """An If-Match value as NRP quotes it back: `invalid` and `"x"` become `W/"invalid"` and `W/"x"`."""
+    value = value.strip()
+    if value.startswith('W/"'):
+        return value
+    return f'W/"{value.strip(chr(34))}"'
+
+
+def precondition_failed(given: str, current: str, resource_id: str) -> ArmError:
+    """`If-Match` did not match the resource's etag: NRP's recorded answer.
+
+    Recorded from ARM (api-version 2025-05-01) by kubernetes-sigs/cloud-provider-azure in
+    `pkg/azclient/securitygroupclient/testdata/AZURECLOUD.yaml`: a PUT with `If-Match: invalid` answered
+    `412` with `{"error": {"code": "PreconditionFailed", "message": "Precondition failed.", "details":
+    [{"code": "PreconditionFailedEtagMismatch", "message": "Etag provided in if-match header W/\"invalid\"
+    does not match etag W/\"…\" of resource /subscriptions/…/networkSecurityGroups/testResource in NRP data
+    store."}]}}`. The header value comes back as a weak etag (`weak_etag`): NRP compares in that form.
+    """
     return ArmError(
         412,
         "PreconditionFailed",
-        f"Precondition failed. The etag provided in the if-match header {given} does not match etag "
-        f"{current} of "
-        "resource.",
+        "Precondition failed.",
+        details=[
+            {
+                "code": "PreconditionFailedEtagMismatch",
+                "message": f"Etag provided in if-match header {weak_etag(given)} does not match etag "
+                f"{current} of resource {resource_id} in NRP data store.",
+            }
+        ],
+    )
+
+
+def already_exists(resource_id: str) -> ArmError:
+    """`If-None-Match: *` on a resource that exists (assumed: no recorded NRP answer was found)."""
+    return ArmError(
+        412,
+        "PreconditionFailed",
+        f"Precondition failed. Resource {resource_id} already exists and If-None-Match is '*'.",
         details=[],
     )
 

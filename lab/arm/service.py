@@ -318,10 +318,11 @@ class ArmService:
             self.check_scope(sub, rg)
             nid = resource_id(sub, rg, NETWORK, "networkSecurityGroups", name)
             existing = self.world.nsgs.get(nid.lower())
-            if if_match is not None and (existing is None or if_match not in ("*", existing.etag)):
-                raise errors.precondition_failed(if_match, existing.etag if existing else "(none)")
-            if if_none_match == "*" and existing is not None:
-                raise errors.precondition_failed(f"If-None-Match: {if_none_match}", existing.etag)
+            if if_match is not None and not _matches(if_match, existing):
+                # No NSG at all: the same answer with no etag to show (assumed; only a mismatch was recorded).
+                raise errors.precondition_failed(if_match, existing.etag if existing else "", nid)
+            if if_none_match is not None and if_none_match.strip() == "*" and existing is not None:
+                raise errors.already_exists(existing.id)
             check_name(name)
             if not isinstance(body, Mapping):
                 raise errors.invalid_request_format("The request body must be a JSON object.")
@@ -428,3 +429,10 @@ class ArmService:
 
 def _guid() -> str:
     return str(uuid.uuid4())
+
+
+def _matches(if_match: str, nsg: NsgRecord | None) -> bool:
+    """`If-Match` holds: `*` for any existing NSG, else its etag (compared as NRP quotes it, weak)."""
+    if nsg is None:
+        return False
+    return if_match.strip() == "*" or errors.weak_etag(if_match) == nsg.etag

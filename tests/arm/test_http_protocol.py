@@ -225,6 +225,13 @@ def test_nsg_put_honours_if_match_and_changes_the_etag(raw: Raw) -> None:
     )
     assert stale.status_code == 412
     assert stale.json()["error"]["code"] == "PreconditionFailed"
+    assert stale.json()["error"]["message"] == "Precondition failed."
+    [detail] = stale.json()["error"]["details"]
+    assert detail == {
+        "code": "PreconditionFailedEtagMismatch",
+        "message": 'Etag provided in if-match header W/"00000000-0000-0000-0000-000000000000" does not match '
+        f"etag {etag} of resource {NSG_PATH} in NRP data store.",
+    }
     fresh = raw("PUT", f"{NSG_PATH}?{API}", json=body, headers={"If-Match": etag})
     assert fresh.status_code == 200
     assert fresh.json()["properties"]["provisioningState"] == "Updating"
