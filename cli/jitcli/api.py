@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -12,8 +13,6 @@ from jitcli.errors import BrokerError, BrokerUnreachable
 from jitcli.models import Grant
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     import requests
 
     from jitcli.auth import TokenProvider
@@ -22,16 +21,29 @@ if TYPE_CHECKING:
 #: (docs/design.md §5): the CLI then repeats the request over IPv4 so the broker sees the address that can
 #: actually connect.
 IPV4_RETRY_CODES = frozenset({"address_family_mismatch"})
-_TIMEOUT_S = (10.0, 90.0)  # connect, read: granting writes NSG rules, which can take a while in Azure
+#: Connect and read timeouts. The broker answers every request within 25 s (a grant whose NSG write takes
+#: longer is answered `202 Accepted` and polled), so a read that takes 35 s means the broker is not answering.
+_TIMEOUT_S = (10.0, 35.0)
 
 
 class Answer:
-    """A successful response: its JSON body and the server's clock at the time (from the Date header)."""
+    """A successful response: its JSON body, the server's clock at the time (from the Date header), and for a
+    `202 Accepted` where to poll (Location, made absolute) and when (Retry-After, in seconds)."""
 
-    def __init__(self, status: int, body: dict[str, Any], server_time: datetime | None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        server_time: datetime | None,
+        *,
+        location: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.server_time = server_time
+        self.location = location
+        self.retry_after = retry_after
 
 
 class BrokerClient:
@@ -55,7 +67,8 @@ class BrokerClient:
     # -- the API ---------------------------------------------------------------------------------------------
 
     def create_grant(self, request: dict[str, Any]) -> tuple[Grant, Answer]:
-        """Open a port (201 new, 200 existing grant extended); retried over IPv4 when the broker says so."""
+        """Open a port (201 new, 200 existing grant extended, 202 accepted and still `pending`: poll it with
+        `poll_grant`); retried over IPv4 when the broker says so."""
         body = {k: v for k, v in request.items() if v is not None}
         try:
             answer = self.call("POST", "/api/v1/grants", body)
@@ -80,12 +93,24 @@ class BrokerClient:
         """One grant by id."""
         return Grant.from_json(self.call("GET", f"/api/v1/grants/{_quote(grant_id)}").body)
 
+    def poll_grant(self, grant_id: str, location: str | None = None) -> tuple[Grant, Answer]:
+        """The grant a `202 Accepted` answer named, read at its Location when that is on the broker's own
+        origin (the token goes nowhere else), else at `/api/v1/grants/{id}`."""
+        url = self._own_url(location) or f"{self.base_url}/api/v1/grants/{_quote(grant_id)}"
+        answer = self._request("GET", url)
+        grant = Grant.from_json(answer.body)
+        if grant.id != grant_id:
+            raise BrokerError(
+                answer.status, "bad_response", f"polling grant {grant_id} answered grant {grant.id} instead"
+            )
+        return grant, answer
+
     def revoke(self, grant_id: str) -> dict[str, Any]:
         """Revoke a grant (idempotent); returns the grant with status `revoked`."""
         return self.call("DELETE", f"/api/v1/grants/{_quote(grant_id)}").body
 
     def extend(self, grant_id: str, duration: str | int | None) -> tuple[Grant, Answer]:
-        """Extend a grant, within the policy's maximum total."""
+        """Extend a grant, within the policy's maximum total (200, or 202 and `pending`: poll it)."""
         body = {"duration": duration} if duration is not None else {}
         answer = self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/extend", body)
         return Grant.from_json(answer.body), answer
@@ -109,9 +134,18 @@ class BrokerClient:
         params: dict[str, str] | None = None,
     ) -> Answer:
         """One authenticated request; the JSON answer, or the broker's error raised as BrokerError."""
+        return self._request(method, self.base_url + path, body, params=params)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, str] | None = None,
+    ) -> Answer:
         import requests
 
-        url = self.base_url + path
         headers = {"Authorization": f"Bearer {self._tokens.token()}", "Accept": "application/json"}
         self._trace_request(method, url, params, body)
         started = time.monotonic()
@@ -137,9 +171,25 @@ class BrokerClient:
             raise BrokerError(
                 response.status_code,
                 "bad_response",
-                f"the broker answered {method} {path} without a JSON object",
+                f"the broker answered {method} {url} without a JSON object",
             )
-        return Answer(response.status_code, payload, _server_time(response.headers.get("Date")))
+        location = response.headers.get("Location")
+        return Answer(
+            response.status_code,
+            payload,
+            _server_time(response.headers.get("Date")),
+            location=_absolute(response.url or url, location) if location else None,
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
+
+    def _own_url(self, url: str | None) -> str | None:
+        """`url` when it is on the broker's scheme, host and port; None (and a trace line) otherwise."""
+        if not url:
+            return None
+        if _origin(url) == _origin(self.base_url):
+            return url
+        self._say(f"* not following Location {url}: it is not the broker's origin ({self.base_url})")
+        return None
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -178,7 +228,7 @@ class BrokerClient:
         if not self._verbose:
             return
         self._say(f"< {response.status_code} {response.reason} ({elapsed * 1000:.0f} ms)")
-        for name in ("Date", "Content-Type", "Retry-After", "x-ms-request-id", "x-request-id"):
+        for name in ("Date", "Content-Type", "Location", "Retry-After", "x-ms-request-id", "x-request-id"):
             if name in response.headers:
                 self._say(f"< {name}: {response.headers[name]}")
         text = response.text
@@ -215,6 +265,41 @@ def _server_time(header: str | None) -> datetime | None:
         return parsedate_to_datetime(header)
     except (TypeError, ValueError):
         return None
+
+
+def retry_after_seconds(header: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) as seconds from now; None when absent or unreadable."""
+    if not header:
+        return None
+    text = header.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    moment = _server_time(text)
+    if moment is None:
+        return None
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
+
+
+def _absolute(base: str, location: str) -> str:
+    """A Location header (possibly relative) resolved against the URL that answered it."""
+    from urllib.parse import urljoin
+
+    return urljoin(base, location)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ("", url, None)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or {"https": 443, "http": 80}.get(scheme)
 
 
 def _reason(exc: Exception) -> str:

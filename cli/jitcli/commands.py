@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jitcli.api import BrokerClient
+from jitcli.api import Answer, BrokerClient
 from jitcli.config import KEYS, Settings, set_value
 from jitcli.durations import parse_seconds
-from jitcli.errors import ConfigError
+from jitcli.errors import CliError, ConfigError
+from jitcli.models import Grant
 from jitcli.output import Output, grants_table, key_values, until, vms_table
 
 #: `jit extend` without --duration (or a duration setting) pushes the expiry to now + this.
@@ -92,8 +93,34 @@ def cmd_session(ctx: Context) -> int:
         connect_host=ctx.settings.get("connect_host"),
         connect_port=_int_setting(ctx, "connect_port"),
         wait_s=_seconds_setting(ctx, "wait"),
+        grant_wait_s=_seconds_setting(ctx, "grant_wait"),
     )
     return run_session(ctx.client, ctx.out, req)
+
+
+def _await_new_grant(ctx: Context, grant: Grant, answer: Answer) -> tuple[Grant, Answer]:
+    """Wait for a grant the broker accepted but has not opened yet; Ctrl-C meanwhile revokes it."""
+    from jitcli.pending import wait_active
+
+    if grant.status != "pending":
+        return grant, answer
+    try:
+        return wait_active(
+            ctx.client,
+            grant,
+            answer,
+            timeout=_seconds_setting(ctx, "grant_wait"),
+            label=f"waiting for the broker to open port {grant.port} on {grant.vm} (grant {grant.id})",
+        )
+    except KeyboardInterrupt:
+        # Nobody has been told about this grant yet: close it rather than leave a door open until its expiry.
+        try:
+            ctx.client.revoke(grant.id)
+        except CliError as exc:
+            ctx.out.warn(f"could not revoke grant {grant.id} ({exc.message}); it closes at its expiry")
+        else:
+            ctx.out.progress(f"Revoked grant {grant.id}: port {grant.port} on {grant.vm} is closed again")
+        raise
 
 
 def cmd_grant(ctx: Context) -> int:
@@ -109,9 +136,10 @@ def cmd_grant(ctx: Context) -> int:
         "justification": a.reason,
     }
     grant, answer = ctx.client.create_grant(body)
+    verb = "Extended existing" if answer.status == 200 else "Opened"
+    grant, answer = _await_new_grant(ctx, grant, answer)
     for warning in grant.warnings:
         ctx.out.warn(warning)
-    verb = "Extended existing" if answer.status == 200 else "Opened"
 
     def human() -> str:
         lines = [
@@ -153,7 +181,22 @@ def cmd_revoke(ctx: Context) -> int:
 
 def cmd_extend(ctx: Context) -> int:
     """`jit extend ID [--duration D]`: keep a grant open longer, within policy."""
-    grant, _ = ctx.client.extend(ctx.args.id, ctx.settings.get("duration") or DEFAULT_EXTEND)
+    grant, answer = ctx.client.extend(ctx.args.id, ctx.settings.get("duration") or DEFAULT_EXTEND)
+    if grant.status == "pending":
+        from jitcli.pending import wait_active
+
+        try:
+            grant, answer = wait_active(
+                ctx.client,
+                grant,
+                answer,
+                timeout=_seconds_setting(ctx, "grant_wait"),
+                label=f"waiting for the broker to extend grant {grant.id}",
+                pending_hint="check it later with `jit ls`",
+            )
+        except KeyboardInterrupt:
+            ctx.out.progress(f"stopped waiting; the broker may still extend grant {grant.id} (`jit ls`)")
+            raise
     ctx.out.result(grant.raw, lambda: f"Grant {grant.id} now lasts until {until(grant.expires_at)}")
     return 0
 

@@ -58,6 +58,11 @@ KEYS: dict[str, Key] = {
         ),
         Key("connect_port", "the port to use at connect_host when it differs from the VM's port"),
         Key("wait", "how long to wait for the port to answer after the grant", "120s"),
+        Key(
+            "grant_wait",
+            "how long to wait for a grant the broker accepted (202) but has not finished opening",
+            "5m",
+        ),
     )
 }
 

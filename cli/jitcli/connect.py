@@ -9,10 +9,11 @@ from typing import Any
 from jitcli.api import Answer, BrokerClient
 from jitcli.clients import Launch, rdp_launch, ssh_launch
 from jitcli.durations import human_duration
-from jitcli.errors import CliError, ConfigError, PortTimeout
+from jitcli.errors import CliError, ConfigError, GrantFailed, PortTimeout
 from jitcli.lease import Lease, seconds_left
-from jitcli.models import Grant
+from jitcli.models import OPEN_STATUSES, Grant
 from jitcli.output import Output, until
+from jitcli.pending import wait_active
 from jitcli.probe import Spinner, wait_for_port
 from jitcli.signals import Interrupted, SignalGuard
 
@@ -34,6 +35,7 @@ class SessionRequest:
     connect_host: str | None = None
     connect_port: int | None = None
     wait_s: float = 120.0
+    grant_wait_s: float = 300.0
 
     def api_body(self) -> dict[str, Any]:
         """The `POST /api/v1/grants` body: a port when given, else the protocol's standard port."""
@@ -54,7 +56,12 @@ class SessionRequest:
 
 def describe_grant(grant: Grant) -> str:
     """`Opened port 22 on web-01 for 203.0.113.10/32 until … (grant g-…)`."""
-    verb = "Opened" if grant.status in ("active", "pending") else f"Grant {grant.status}:"
+    if grant.status == "pending":
+        verb = "The broker is opening"
+    elif grant.status == "active":
+        verb = "Opened"
+    else:
+        verb = f"Grant {grant.status}:"
     return (
         f"{verb} port {grant.port} on {grant.vm} for {grant.source} until {until(grant.expires_at)} "
         f"(grant {grant.id})"
@@ -89,26 +96,50 @@ def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
             with guard.deferred():
                 grant, answer = client.create_grant(req.api_body())
                 out.progress(describe_grant(grant))
-                for warning in grant.warnings:
-                    out.warn(warning)
-                lease = Lease(client, grant, answer, _lease_duration(req, grant, answer), warn=out.warn)
-                lease.start()
         except Interrupted:
             out.progress("interrupted before the broker answered; a grant it made closes at its expiry")
             return guard.exit_code()
+        lease: Lease | None = None
         code: int | None = None
         error: CliError | None = None
         try:
             if guard.received is not None:
                 raise Interrupted(guard.received)
+            if grant.status == "pending":
+                # Accepted (202): wait for the door, with the spinner; Ctrl-C here revokes the pending grant.
+                grant, answer = wait_active(
+                    client,
+                    grant,
+                    answer,
+                    timeout=req.grant_wait_s,
+                    label=f"waiting for the broker to open port {grant.port} on {grant.vm} ({grant.id})",
+                    pending_hint="try again later, or let jit wait longer (setting grant_wait)",
+                )
+            for warning in grant.warnings:
+                out.warn(warning)
+            with guard.deferred():
+                lease = Lease(
+                    client,
+                    grant,
+                    answer,
+                    _lease_duration(req, grant, answer),
+                    warn=out.warn,
+                    grant_wait_s=req.grant_wait_s,
+                )
+                lease.start()
+            if guard.received is not None:
+                raise Interrupted(guard.received)
             code = _connect(out, req, grant, guard)
         except Interrupted:
             out.progress("interrupted")
+        except GrantFailed as exc:
+            grant, error = exc.grant, exc
         except CliError as exc:
             error = exc
         finally:
-            revoked = _end_lease(client, out, lease, guard)
-        result = {"grant": lease.grant.raw, "renewals": lease.renewals, "revoked": revoked}
+            revoked = _end_lease(client, out, lease, grant, guard)
+        last = lease.grant if lease is not None else grant
+        result = {"grant": last.raw, "renewals": lease.renewals if lease else 0, "revoked": revoked}
         if error is not None:
             out.error(error, extra=result)
             return int(error.exit_code)
@@ -124,16 +155,20 @@ def _lease_duration(req: SessionRequest, grant: Grant, answer: Answer) -> str | 
     return max(1, round(seconds_left(grant, answer)))
 
 
-def _end_lease(client: BrokerClient, out: Output, lease: Lease, guard: SignalGuard) -> bool:
-    """Stop renewing, then revoke; a second Ctrl-C gives up and leaves the grant to its expiry."""
+def _end_lease(
+    client: BrokerClient, out: Output, lease: Lease | None, grant: Grant, guard: SignalGuard
+) -> bool:
+    """Stop renewing, then revoke an open grant; a second Ctrl-C gives up and leaves it to its expiry."""
     try:
         with guard.deferred():
-            lease.stop()
-            return _revoke(client, out, lease.grant)
+            if lease is not None:
+                lease.stop()
+                grant = lease.grant
+            if grant.status not in OPEN_STATUSES:
+                return False  # failed (or closed) before it opened: nothing to revoke
+            return _revoke(client, out, grant)
     except Interrupted:
-        out.warn(
-            f"gave up revoking grant {lease.grant.id}; it closes by itself at {until(lease.grant.expires_at)}"
-        )
+        out.warn(f"gave up revoking grant {grant.id}; it closes by itself at {until(grant.expires_at)}")
         return False
 
 

@@ -5,13 +5,20 @@ CliError                  anything `jit` reports and exits on
 ├── AuthError             no token could be obtained
 ├── BrokerError           the broker answered with an error body (status, code, message)
 ├── BrokerUnreachable     no HTTP answer at all (DNS, refused, TLS, timeout)
+├── GrantFailed           a grant the broker accepted (202) ended failed (or closed) instead of active
+├── GrantPending          a grant the broker accepted (202) was still pending when `jit` stopped waiting
 ├── PortTimeout           the grant was made but the port never answered
 └── ClientMissing         no ssh / RDP client to run
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from jitcli.exitcodes import ExitCode, exit_code_for_status
+
+if TYPE_CHECKING:
+    from jitcli.models import Grant
 
 
 class CliError(Exception):
@@ -73,6 +80,43 @@ class BrokerUnreachable(CliError):
 
     exit_code = ExitCode.BROKER_UNAVAILABLE
     code = "broker_unreachable"
+
+
+class GrantFailed(CliError):
+    """A grant answered `202 Accepted` ended `failed` (or revoked, expired) instead of becoming active."""
+
+    exit_code = ExitCode.BROKER_UNAVAILABLE
+    code = "grant_failed"
+
+    def __init__(self, grant: Grant) -> None:
+        reason = grant.raw.get("reason")
+        what = "failed" if grant.status == "failed" else f"was {grant.status or 'closed'} before it opened"
+        why = reason or "the broker gave no reason"
+        super().__init__(f"grant {grant.id} for port {grant.port} on {grant.vm} {what}: {why}")
+        self.grant = grant
+
+    def to_json(self) -> dict[str, object]:
+        """The error, plus the grant as the broker last showed it."""
+        return {**super().to_json(), "grant": self.grant.raw}
+
+
+class GrantPending(CliError):
+    """A grant answered `202 Accepted` was still `pending` when `jit` stopped waiting for it."""
+
+    exit_code = ExitCode.GRANT_PENDING
+    code = "grant_pending"
+
+    def __init__(self, grant: Grant, waited: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"grant {grant.id} is still pending after {waited}: the broker has not finished opening port "
+            f"{grant.port} on {grant.vm}",
+            hint=hint or f"check it with `jit ls --status pending`; close it with `jit revoke {grant.id}`",
+        )
+        self.grant = grant
+
+    def to_json(self) -> dict[str, object]:
+        """The error, plus the grant as the broker last showed it."""
+        return {**super().to_json(), "grant": self.grant.raw}
 
 
 class PortTimeout(CliError):

@@ -20,9 +20,10 @@ class ExitCode(IntEnum):
     NOT_FOUND = 5  # no such VM or grant (404)
     VM_NOT_RUNNING = 6  # the VM is stopped or deallocated, or another conflict (409)
     PORT_TIMEOUT = 7  # the grant was made but the port never answered
-    BROKER_UNAVAILABLE = 8  # broker unreachable, or it failed upstream (5xx)
+    BROKER_UNAVAILABLE = 8  # broker unreachable, it failed upstream (5xx), or an accepted grant failed
     CLIENT_MISSING = 9  # no ssh / RDP client installed
     INVALID_REQUEST = 10  # the broker rejected the request as malformed (400/413/422)
+    GRANT_PENDING = 11  # the broker accepted the grant (202); still pending when jit stopped waiting
     INTERRUPTED = 130  # Ctrl-C before a client ran (128 + SIGINT)
 
 
@@ -72,7 +73,8 @@ HELP_TEXT = """exit codes:
   5    no such VM or grant (404)
   6    VM not running, or another conflict (409)
   7    the port never answered after the grant
-  8    broker unreachable or failing upstream (5xx)
+  8    broker unreachable or failing upstream (5xx), or an accepted grant failed
   9    no ssh / RDP client installed
   10   the broker rejected the request as invalid (400/413/422)
+  11   the grant was still pending when jit stopped waiting (setting grant_wait)
   130  interrupted before a client ran"""

@@ -11,13 +11,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from jitcli.api import Answer, BrokerClient
-from jitcli.errors import BrokerError, CliError
+from jitcli.errors import BrokerError, CliError, GrantFailed, GrantPending
 from jitcli.models import Grant
 
 #: The broker's Date header has one-second resolution: assume up to this much less time is left.
 _CLOCK_SLACK_S = 1.0
 _MIN_WAIT_S = 0.2
 _RETRY_WAIT_S = 5.0
+
+
+class _Stopped(Exception):
+    """`stop()` was called while a renewal waited on the broker."""
 
 
 def seconds_left(grant: Grant, answer: Answer) -> float:
@@ -43,9 +47,11 @@ class Lease:
         *,
         warn: Callable[[str], None],
         note: Callable[[str], None] | None = None,
+        grant_wait_s: float = 300.0,
     ) -> None:
         self.grant = grant
         self.renewals = 0
+        self._grant_wait_s = grant_wait_s
         self._client = client
         self._duration = duration
         self._left = seconds_left(grant, answer)
@@ -69,7 +75,13 @@ class Lease:
         failing_since_ok = False
         while not self._stop.wait(wait):
             try:
-                grant, answer = self._client.extend(self.grant.id, self._duration)
+                grant, answer = self._renew()
+            except _Stopped:
+                return
+            except GrantFailed as exc:
+                self.grant = exc.grant
+                self._warn(f"{exc.message}; renewals stop")
+                return
             except BrokerError as exc:
                 if exc.status < 500 and exc.status != 429:
                     self._warn(
@@ -92,6 +104,23 @@ class Lease:
             self._left = seconds_left(grant, answer)
             self._note(f"renewed grant {grant.id} until {grant.expires_at:%H:%M:%SZ}")
             wait = renew_after(self._left)
+
+    def _renew(self) -> tuple[Grant, Answer]:
+        """One extension; an accepted one (202, `pending`) is polled until it settles, or `stop()`."""
+        from jitcli.pending import settle
+
+        grant, answer = self._client.extend(self.grant.id, self._duration)
+        if grant.status != "pending":
+            return grant, answer
+
+        def sleep(seconds: float) -> None:
+            if self._stop.wait(seconds):
+                raise _Stopped
+
+        try:
+            return settle(self._client, grant, answer, timeout=self._grant_wait_s, sleep=sleep)
+        except GrantPending as exc:
+            raise CliError(f"the broker has not finished extending grant {grant.id}") from exc
 
     def _after_failure(self, exc: CliError, already_failing: bool) -> float:
         if not already_failing:

@@ -8,6 +8,9 @@ from typing import Any
 
 from jitcli.durations import parse_time
 
+#: Statuses of a grant whose door is (or is about to be) open; every other status is closed for good.
+OPEN_STATUSES = ("pending", "active")
+
 
 @dataclass(frozen=True)
 class ConnectInfo:

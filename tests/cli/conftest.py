@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.cli.fakebroker import FakeBroker
+
 STANDIN = '''#!{python}
 """Recording stand-in for a session client: argv to a file, hold until released, exit with a chosen code."""
 import json, os, pathlib, signal, sys, time
@@ -239,3 +241,11 @@ def without_client(jit: Jit, name: str) -> None:
     """Remove a stand-in client from PATH (to test the 'nothing installed' path)."""
     (jit.bin_dir / name).unlink()
     assert shutil.which(name, path=str(jit.bin_dir)) is None
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[FakeBroker]:
+    """A scripted broker on http://127.0.0.1 (tests/cli/fakebroker.py); run `jit` with
+    `JIT_BROKER_URL=fake_broker.url` (tokens still come from the lab issuer)."""
+    with FakeBroker().running() as running:
+        yield running
