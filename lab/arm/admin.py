@@ -55,7 +55,8 @@ class ArmAdmin:
 
     def set_knobs(self, **knobs: Any) -> dict[str, Any]:
         """Change knobs (`latency_ms={"write": 50}`, `lro_ms`, `write_budget`, `read_budget`,
-        `budget_window_s`, `page_size`); returns all knobs after the change."""
+        `budget_window_s`, `page_size`, `concurrency="reject"|"lro_failed"|"throttle"|"supersede"|"accept"`);
+        returns all knobs after the change. `reset()` restores the emulator's construction-time knobs."""
         result: dict[str, Any] = self._call("PATCH", "knobs", knobs)
         return result
 

@@ -209,6 +209,32 @@ def already_exists(resource_id: str) -> ArmError:
     )
 
 
+def retryable_due_to_another_operation(
+    op_name: str, op_id: str, resource_guid: str, retry_after_s: int
+) -> ArmError:
+    """`429` while another operation holds the resource: NRP's "try again later" answer.
+
+    Microsoft's throttling page: the Network RP "returns 429 with the RetryableErrorDueToAnotherOperation
+    error code when the target resource is locked by another operation"; a recorded body
+    (cloudfoundry/bosh-azure-cpi-release#179) nests that code under `RetryableError` ("A retryable error
+    occured." — ARM's spelling) with "Operation AllocateTenantNetworkResourcesOperation (…) is updating
+    resource {guid}. The call can be retried in 14 seconds.", the guid being the resource's `resourceGuid`.
+    """
+    return ArmError(
+        429,
+        "RetryableError",
+        "A retryable error occured.",
+        headers={"Retry-After": str(retry_after_s)},
+        details=[
+            {
+                "code": "RetryableErrorDueToAnotherOperation",
+                "message": f"Operation {op_name} ({op_id}) is updating resource {resource_guid}. The call "
+                f"can be retried in {retry_after_s} seconds.",
+            }
+        ],
+    )
+
+
 def throttled(kind: str, subscription: str, retry_after_s: int) -> ArmError:
     """The subscription's request budget for `kind` (read/write/delete) is spent."""
     return ArmError(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 OP_KINDS = ("read", "write", "delete", "poll")
+CONCURRENCY_MODES = ("reject", "lro_failed", "throttle", "supersede", "accept")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,11 @@ class Knobs:
     `latency_ms[kind]` delays every request of that kind; `lro_ms` is how long a write's long-running
     operation stays `InProgress` (the rule's `provisioningState` stays `Updating` meanwhile); a budget of N
     means the N+1th read (or write/delete) inside one `budget_window_s` window gets 429; list responses carry
-    `page_size` items and a `nextLink` to the rest.
+    `page_size` items and a `nextLink` to the rest. `concurrency` picks what a write meets while another
+    operation on the same NSG is in progress, each a behaviour Azure has shown (`lab.arm.concurrency`):
+    `reject` (409 AnotherOperationInProgress), `lro_failed` (accepted, then its operation fails with that code
+    and is rolled back), `throttle` (429 RetryableErrorDueToAnotherOperation with Retry-After), `supersede`
+    (accepted; the running operation ends Canceled, its change kept) or `accept` (both proceed).
     """
 
     latency_ms: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(OP_KINDS, 0))
@@ -31,6 +36,13 @@ class Knobs:
     read_budget: int | None = None
     budget_window_s: float = 300
     page_size: int = 50
+    concurrency: str = "reject"
+
+    def __post_init__(self) -> None:
+        if self.concurrency not in CONCURRENCY_MODES:
+            raise ValueError(
+                f"unknown concurrency mode {self.concurrency!r} (known: {', '.join(CONCURRENCY_MODES)})"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The knobs as `/_lab/knobs` shows them."""

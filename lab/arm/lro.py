@@ -3,8 +3,10 @@ resource.
 
 A write registers an `Operation` that stays `InProgress` for the `lro_ms` knob, then settles: `Succeeded`
 commits the change (the rule's `provisioningState` turns `Succeeded`, the NSG gets a new etag),
-`Failed`/`Canceled` (an injected fault) rolls it back. Operations settle when anything looks at them and, so
-that subscribers see the change even if nobody polls, on a background clock thread."""
+`Failed`/`Canceled` (an injected fault, or the `lro_failed` concurrency mode) rolls it back. An operation
+superseded by a later write on the same NSG ends `Canceled` at once (`supersede`); what becomes of its change
+is the service's business (`lab.arm.changes`). Operations settle when anything looks at them and, so that
+subscribers see the change even if nobody polls, on a background clock thread."""
 
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ class Operation:
     due: float
     outcome: str
     error_code: str | None
-    finish: Callable[[str], None]
+    finish: Callable[[Operation], None]
+    error_message: str | None = None
     status: str = "InProgress"
+    superseded_by: Operation | None = None
 
     def status_path(self) -> str:
         """Path of the Azure-AsyncOperation resource."""
@@ -49,11 +53,22 @@ class Operation:
         """Seconds until the operation is due, as ARM's Retry-After (0 when due)."""
         return max(0, math.ceil(self.due - now))
 
+    def supersede(self, by: Operation) -> None:
+        """End `Canceled` now because the later write `by` took over this NSG."""
+        self.status = "Canceled"
+        self.error_code = "CanceledAndSupersededDueToAnotherOperation"
+        self.superseded_by = by
+
     def status_json(self) -> dict[str, Any]:
-        """The operation-status body: `{"status": ...}` plus ARM's error object when Failed or Canceled."""
+        """The operation-status body: `{"status": ...}` plus ARM's error object when Failed or Canceled.
+
+        Canceled: the shape logged from a superseded PutSecurityRuleOperation (reference §2.6).
+        """
         body: dict[str, Any] = {"status": self.status}
         if self.status == "Canceled":
             code = self.error_code or "CanceledAndSupersededDueToAnotherOperation"
+            by = self.superseded_by
+            by_name, by_id = (by.name, by.id) if by is not None else (self.name, str(uuid.uuid4()))
             body["error"] = {
                 "code": "Canceled",
                 "message": "Operation was canceled.",
@@ -61,7 +76,7 @@ class Operation:
                     {
                         "code": code,
                         "message": f"Operation {self.name} ({self.id}) was canceled and superseded by "
-                        f"operation {self.name} ({uuid.uuid4()}).",
+                        f"operation {by_name} ({by_id}).",
                     }
                 ],
             }
@@ -69,7 +84,7 @@ class Operation:
             code = self.error_code or "InternalServerError"
             body["error"] = {
                 "code": code,
-                "message": f"Operation {self.name} ({self.id}) failed: {code}.",
+                "message": self.error_message or f"Operation {self.name} ({self.id}) failed: {code}.",
                 "details": [],
             }
         return body
@@ -83,12 +98,9 @@ class OperationBook:
         self._ops: dict[str, Operation] = {}
         self._wake = threading.Condition()
 
-    def busy(self, nsg_key: str) -> Operation | None:
-        """The operation in progress on an NSG, if any (settle first)."""
-        for op in self._ops.values():
-            if op.nsg_key == nsg_key and op.status == "InProgress":
-                return op
-        return None
+    def running(self, nsg_key: str) -> list[Operation]:
+        """The operations in progress on an NSG, oldest first (settle first)."""
+        return [op for op in self._ops.values() if op.nsg_key == nsg_key and op.status == "InProgress"]
 
     def get(self, op_id: str) -> Operation | None:
         """An operation by id."""
@@ -104,7 +116,8 @@ class OperationBook:
         duration_ms: int,
         outcome: str,
         error_code: str | None,
-        finish: Callable[[str], None],
+        error_message: str | None = None,
+        finish: Callable[[Operation], None],
     ) -> Operation:
         """Register a new operation due after `duration_ms`."""
         op = Operation(
@@ -116,6 +129,7 @@ class OperationBook:
             due=self.clock() + duration_ms / 1000,
             outcome=outcome,
             error_code=error_code,
+            error_message=error_message,
             finish=finish,
         )
         self._ops[op.id] = op
@@ -129,7 +143,7 @@ class OperationBook:
         for op in sorted(self._ops.values(), key=lambda o: o.due):
             if op.status == "InProgress" and op.due <= now:
                 op.status = op.outcome
-                op.finish(op.outcome)
+                op.finish(op)
 
     def clear(self) -> None:
         """Forget every operation (reset)."""

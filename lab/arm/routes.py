@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from lab.arm import errors
 from lab.arm.errors import ArmError
 from lab.arm.knobs import Budget, FaultBook, Knobs
-from lab.arm.service import ArmService, WriteResult
+from lab.arm.service import ArmService, WriteContext, WriteResult
 from lab.arm.versions import check_api_version
 
 _LIMIT_HEADERS = {
@@ -265,36 +265,39 @@ class FrontDoor:
         sub, rg, nsg, name = p
         return _with_etag(Response(200, self.service.default_rules(sub, rg, nsg, name)))
 
+    def _context(self, r: Request, k: Knobs, v: str) -> WriteContext:
+        return WriteContext(
+            lro_ms=k.lro_ms,
+            concurrency=k.concurrency,
+            fault=self.faults.take(r.method, r.path, lro=True),
+            base_url=self.base_url(),
+            api_version=v,
+        )
+
     def _put_rule(self, r: Request, p: tuple[str, ...], k: Knobs, v: str) -> Response:
         body = _json_body(r)
-        fault = self.faults.take(r.method, r.path, lro=True)
         sub, rg, nsg, name = p
-        result = self.service.put_rule(
-            sub, rg, nsg, name, body, lro_ms=k.lro_ms, fault=fault, base_url=self.base_url()
-        )
+        result = self.service.put_rule(sub, rg, nsg, name, body=body, ctx=self._context(r, k, v))
         return self._accepted(result, v)
 
     def _delete_rule(self, r: Request, p: tuple[str, ...], k: Knobs, v: str) -> Response:
-        fault = self.faults.take(r.method, r.path, lro=True)
-        result = self.service.delete_rule(*p, lro_ms=k.lro_ms, fault=fault, base_url=self.base_url())
+        sub, rg, nsg, name = p
+        result = self.service.delete_rule(sub, rg, nsg, name, ctx=self._context(r, k, v))
         if result is None:
             return Response(204)
         return self._accepted(result, v)
 
     def _put_nsg(self, r: Request, p: tuple[str, ...], k: Knobs, v: str) -> Response:
         body = _json_body(r)
-        fault = self.faults.take(r.method, r.path, lro=True)
         sub, rg, name = p
         result = self.service.put_nsg(
             sub,
             rg,
             name,
-            body,
+            body=body,
+            ctx=self._context(r, k, v),
             if_match=r.headers.get("If-Match"),
             if_none_match=r.headers.get("If-None-Match"),
-            lro_ms=k.lro_ms,
-            fault=fault,
-            base_url=self.base_url(),
         )
         response = self._accepted(result, v)
         response.headers["Azure-AsyncNotification"] = "Enabled"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.arm import errors, render
+from lab.arm.changes import Change, refresh_states
+from lab.arm.concurrency import Admission, admit
 from lab.arm.errors import ArmError
 from lab.arm.knobs import Fault
 from lab.arm.lro import Operation, OperationBook
@@ -24,6 +26,22 @@ from lab.scenario import POWER_STATES, AzureSpec
 log = logging.getLogger(__name__)
 
 NsgCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """How the front door wants a write carried out: its operation's length, the concurrency mode, an
+    injected fault, and where operation status lives (for URLs in messages)."""
+
+    lro_ms: int
+    concurrency: str
+    fault: Fault | None
+    base_url: str
+    api_version: str
+
+    def status_url(self, op: Operation) -> str:
+        """The Azure-AsyncOperation URL of `op` as a client would be given it."""
+        return f"{self.base_url}{op.status_path()}?api-version={self.api_version}"
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class ArmService:
         self._azure = azure
         self.world: World = build_world(azure)
         self.ops = OperationBook()
+        self._in_flight: dict[str, Change] = {}  # operation id -> the change it carries
         self._subscribers: list[NsgCallback] = []
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._delivery = threading.Lock()
@@ -241,22 +260,8 @@ class ArmService:
 
     # ---- Network writes ------------------------------------------------------------------------------------
 
-    def _refuse_if_busy(self, nsg: NsgRecord, base_url: str) -> None:
-        op = self.ops.busy(nsg.id.lower())
-        if op is not None:
-            raise errors.another_operation_in_progress(f"{base_url}{op.status_path()}?api-version=2026-03-01")
-
     def put_rule(
-        self,
-        sub: str,
-        rg: str,
-        nsg_name: str,
-        name: str,
-        body: Any,
-        *,
-        lro_ms: int,
-        fault: Fault | None,
-        base_url: str,
+        self, sub: str, rg: str, nsg_name: str, name: str, *, body: Any, ctx: WriteContext
     ) -> WriteResult:
         """`PUT …/securityRules/{name}`: validate, write it `Updating`, and start its operation."""
         with self.world.lock:
@@ -269,35 +274,26 @@ class ArmService:
             others = [(nsg.rule_id(r.name), r.properties) for k, r in nsg.rules.items() if k != name.lower()]
             check_conflicts(rule_id, props, others)
             check_limits(nsg.id, [p for _, p in others] + [props])
-            self._refuse_if_busy(nsg, base_url)
+            admission = self._admit(nsg, ctx)
             previous = nsg.rule(name)
-            rollback = nsg.snapshot()
             record = RuleRecord(previous.name if previous else name, props, "Updating")
-            nsg.rules[name.lower()] = record
-            nsg.state = "Updating"
-            nsg.touch()
-            self._changed(nsg)
-            op = self._start(nsg, "PutSecurityRuleOperation", lro_ms, fault, rollback=rollback)
+            change = Change(nsg)
+            change.put_rule(name.lower(), record)
+            op = self._start(change, "PutSecurityRuleOperation", ctx, admission)
             return WriteResult(200 if previous else 201, render.rule_json(nsg, record), op)
 
     def delete_rule(
-        self, sub: str, rg: str, nsg_name: str, name: str, *, lro_ms: int, fault: Fault | None, base_url: str
+        self, sub: str, rg: str, nsg_name: str, name: str, *, ctx: WriteContext
     ) -> WriteResult | None:
         """`DELETE …/securityRules/{name}`: None (204) when there is no such rule, else 202 and an LRO."""
         with self.world.lock:
             nsg = self._nsg(sub, rg, nsg_name)
-            rule = nsg.rule(name)
-            if rule is None:
+            if nsg.rule(name) is None:
                 return None
-            self._refuse_if_busy(nsg, base_url)
-            rollback = nsg.snapshot()
-            rule.state = "Deleting"
-            nsg.state = "Updating"
-            nsg.touch()
-            self._changed(nsg)
-            op = self._start(
-                nsg, "DeleteSecurityRuleOperation", lro_ms, fault, rollback=rollback, remove=name.lower()
-            )
+            admission = self._admit(nsg, ctx)
+            change = Change(nsg)
+            change.delete_rule(name.lower())
+            op = self._start(change, "DeleteSecurityRuleOperation", ctx, admission)
             return WriteResult(202, None, op)
 
     def put_nsg(
@@ -305,15 +301,18 @@ class ArmService:
         sub: str,
         rg: str,
         name: str,
-        body: Any,
         *,
+        body: Any,
+        ctx: WriteContext,
         if_match: str | None,
         if_none_match: str | None,
-        lro_ms: int,
-        fault: Fault | None,
-        base_url: str,
     ) -> WriteResult:
-        """`PUT …/networkSecurityGroups/{name}`: replace the whole NSG (honouring If-Match) or create it."""
+        """`PUT …/networkSecurityGroups/{name}`: replace the whole NSG (honouring If-Match) or create it.
+
+        Read-only parts of the body (etags, ids, provisioning states, `resourceGuid`, default rules, subnet
+        and NIC references) are ignored, so a GET's JSON can be sent back as it is. A rule whose properties
+        come back unchanged keeps its record, so it reads back exactly as before.
+        """
         with self.world.lock:
             self.check_scope(sub, rg)
             nid = resource_id(sub, rg, NETWORK, "networkSecurityGroups", name)
@@ -334,77 +333,108 @@ class ArmService:
                 raise ArmError(
                     400, "LocationRequired", "The location property is required for this definition."
                 )
-            rules: dict[str, RuleRecord] = {}
-            seen: list[tuple[str, dict[str, Any]]] = []
-            for raw in properties.get("securityRules") or []:
-                rule_name = raw.get("name") if isinstance(raw, Mapping) else None
-                if not isinstance(rule_name, str):
-                    raise errors.invalid_request_format("Every security rule needs a name.")
-                check_name(rule_name)
-                rule_id = f"{nid}/securityRules/{rule_name}"
-                props = normalize_rule(rule_id, raw.get("properties"))
-                check_conflicts(rule_id, props, seen)
-                seen.append((rule_id, props))
-                rules[rule_name.lower()] = RuleRecord(rule_name, props, "Updating")
-            check_limits(nid, [p for _, p in seen])
-            if existing is not None:
-                self._refuse_if_busy(existing, base_url)
-            rollback = existing.snapshot() if existing else None
+            rules = self._rules_of(nid, properties.get("securityRules") or [], existing)
+            admission = self._admit(existing, ctx) if existing is not None else Admission()
             nsg = existing or NsgRecord(nid, name, sub, rg, location, new_etag(), _guid())
-            nsg.rules = rules
-            nsg.flush_connection = bool(properties.get("flushConnection", nsg.flush_connection))
-            if "tags" in body:
-                nsg.tags = dict(body.get("tags") or {})
-            nsg.state = "Updating"
-            nsg.touch()
             self.world.nsgs[nid.lower()] = nsg
-            self._changed(nsg)
-            op = self._start(nsg, "PutNetworkSecurityGroupOperation", lro_ms, fault, rollback=rollback)
+            change = Change(nsg, created=existing is None)
+            change.replace_rules(rules)
+            tags = body.get("tags") if "tags" in body else nsg.tags
+            change.set_settings(
+                bool(properties.get("flushConnection", nsg.flush_connection)), dict(tags or {})
+            )
+            op = self._start(change, "PutNetworkSecurityGroupOperation", ctx, admission)
             return WriteResult(200 if existing else 201, render.nsg_json(self.world, nsg), op)
 
-    def _start(
-        self,
-        nsg: NsgRecord,
-        op_name: str,
-        lro_ms: int,
-        fault: Fault | None,
-        rollback: NsgRecord | None,
-        *,
-        remove: str | None = None,
-    ) -> Operation:
-        key = nsg.id.lower()
-
-        def finish(outcome: str) -> None:
-            current = self.world.nsgs.get(key)
-            if current is None:
-                return
-            if outcome == "Succeeded":
-                if remove is not None:
-                    current.rules.pop(remove, None)
-                for rule in current.rules.values():
-                    rule.state = "Succeeded"
-                current.state = "Succeeded"
-                current.touch()
-            elif rollback is None:
-                del self.world.nsgs[key]
-                return
+    def _rules_of(self, nid: str, raw_rules: Any, existing: NsgRecord | None) -> dict[str, RuleRecord]:
+        """A whole-NSG PUT's `securityRules`, validated like rule PUTs; settled, unchanged rules keep their
+        record."""
+        if not isinstance(raw_rules, list):
+            raise errors.invalid_request_format("Property 'securityRules' must be a list.")
+        rules: dict[str, RuleRecord] = {}
+        seen: list[tuple[str, dict[str, Any]]] = []
+        for raw in raw_rules:
+            rule_name = raw.get("name") if isinstance(raw, Mapping) else None
+            if not isinstance(rule_name, str):
+                raise errors.invalid_request_format("Every security rule needs a name.")
+            check_name(rule_name)
+            rule_id = f"{nid}/securityRules/{rule_name}"
+            props = normalize_rule(rule_id, raw.get("properties"))
+            check_conflicts(rule_id, props, seen)
+            seen.append((rule_id, props))
+            current = existing.rule(rule_name) if existing else None
+            # A rule some operation still owns gets a record of this write's own, so that operation's rollback
+            # cannot take it back from under this write.
+            if current is not None and current.properties == props and current.state == "Succeeded":
+                rules[rule_name.lower()] = current
             else:
-                restored = rollback.snapshot()
-                restored.touch()
-                self.world.nsgs[key] = restored
-                current = restored
-            self._changed(current)
+                rules[rule_name.lower()] = RuleRecord(rule_name, props, "Updating")
+        check_limits(nid, [p for _, p in seen])
+        return rules
 
-        return self.ops.start(
-            nsg_key=key,
+    def _admit(self, nsg: NsgRecord, ctx: WriteContext) -> Admission:
+        return admit(
+            ctx.concurrency,
+            self.ops.running(nsg.id.lower()),
+            resource_guid=nsg.resource_guid,
+            status_url=ctx.status_url,
+            now=self.ops.clock(),
+        )
+
+    def _start(self, change: Change, op_name: str, ctx: WriteContext, admission: Admission) -> Operation:
+        """Register the write's operation, cancel the ones it supersedes, and publish the NSG as it now is."""
+        nsg = change.nsg
+        fault, failure = ctx.fault, admission.failure
+        if fault is not None and fault.lro_status is not None:
+            outcome, code, message = fault.lro_status, fault.code, fault.message
+        elif failure is not None:
+            outcome, code, message = "Failed", failure.code, failure.message
+        else:
+            outcome, code, message = "Succeeded", None, None
+        op = self.ops.start(
+            nsg_key=nsg.id.lower(),
             name=op_name,
             sub=nsg.sub,
             location=nsg.location,
-            duration_ms=lro_ms,
-            outcome=fault.lro_status if fault and fault.lro_status else "Succeeded",
-            error_code=fault.code if fault else None,
-            finish=finish,
+            duration_ms=ctx.lro_ms,
+            outcome=outcome,
+            error_code=code,
+            error_message=message,
+            finish=self._finish,
         )
+        for old in admission.supersedes:
+            old.supersede(by=op)
+            carried = self._in_flight.pop(old.id, None)
+            if carried is not None:
+                change.carried.append(carried)
+        self._in_flight[op.id] = change
+        nsg.touch()
+        self._refresh(nsg)
+        self._changed(nsg)
+        return op
+
+    def _finish(self, op: Operation) -> None:
+        """An operation settled (world lock held): commit or revert its change, then publish the NSG."""
+        change = self._in_flight.pop(op.id, None)
+        if change is None:
+            return
+        nsg = change.nsg
+        key = nsg.id.lower()
+        if self.world.nsgs.get(key) is not nsg:
+            return
+        if op.status == "Succeeded":
+            change.commit()
+        else:
+            change.revert()
+            if change.created:
+                del self.world.nsgs[key]
+                return
+        nsg.touch()
+        self._refresh(nsg)
+        self._changed(nsg)
+
+    def _refresh(self, nsg: NsgRecord) -> None:
+        refresh_states(nsg, (c for c in self._in_flight.values() if c.nsg is nsg))
 
     # ---- lab control ---------------------------------------------------------------------------------------
 
@@ -413,6 +443,7 @@ class ArmService:
         with self.world.lock:
             fresh = build_world(self._azure)
             self.ops.clear()
+            self._in_flight.clear()
             w = self.world
             w.subscriptions, w.resource_groups = fresh.subscriptions, fresh.resource_groups
             w.vms, w.nics, w.public_ips, w.subnets, w.nsgs = (

@@ -6,7 +6,6 @@ Azure."""
 
 from __future__ import annotations
 
-import copy
 import threading
 import uuid
 from collections.abc import Callable
@@ -71,10 +70,6 @@ class NsgRecord:
     def touch(self) -> None:
         """A write happened: new etag."""
         self.etag = new_etag()
-
-    def snapshot(self) -> NsgRecord:
-        """A deep copy to roll back to."""
-        return copy.deepcopy(self)
 
 
 @dataclass
