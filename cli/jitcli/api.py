@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from jitcli.errors import BrokerError, BrokerUnreachable
+from jitcli.errors import BrokerError, BrokerUnreachable, InsecureBrokerUrl
 from jitcli.models import Grant
 
 if TYPE_CHECKING:
@@ -24,6 +24,52 @@ IPV4_RETRY_CODES = frozenset({"address_family_mismatch"})
 #: Connect and read timeouts. The broker answers every request within 25 s (a grant whose NSG write takes
 #: longer is answered `202 Accepted` and polled), so a read that takes 35 s means the broker is not answering.
 _TIMEOUT_S = (10.0, 35.0)
+#: Hosts a plain http:// broker URL may name: the bearer token then never leaves this machine.
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def check_broker_url(url: str) -> str:
+    """The broker URL if it is https://, or http:// to a loopback address; InsecureBrokerUrl otherwise.
+
+    Over plain http:// the bearer token travels in clear text, so only a broker on this machine qualifies:
+    127.0.0.0/8, ::1 or `localhost`.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    scheme = parts.scheme.lower() if parts else ""
+    if scheme not in ("https", "http") or not host:
+        raise InsecureBrokerUrl(
+            f"broker_url must be an https:// URL with a host, not {url!r}",
+            hint="set it with `jit config set broker_url https://…` or JIT_BROKER_URL",
+        )
+    if scheme == "http" and not is_loopback(host):
+        raise InsecureBrokerUrl(
+            f"refusing the plain http:// broker URL {url!r}: your access token would travel in clear text",
+            hint="use the broker's https:// URL; http:// is accepted only for a broker on this machine "
+            "(127.0.0.0/8, ::1, localhost)",
+        )
+    return url
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost`, 127.0.0.0/8 and ::1 (an IPv6 address may come with its brackets)."""
+    import ipaddress
+
+    name = host.strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class Answer:

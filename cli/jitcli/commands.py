@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jitcli.api import Answer, BrokerClient
+from jitcli.api import Answer, BrokerClient, check_broker_url
 from jitcli.config import KEYS, Settings, set_value
 from jitcli.durations import parse_seconds
 from jitcli.errors import CliError, ConfigError
@@ -45,9 +45,7 @@ class Context:
         if self._client is None:
             from jitcli.auth import provider_for
 
-            url = self.settings.require("broker_url")
-            if not url.startswith(("https://", "http://")):
-                raise ConfigError(f"broker_url must be an http(s) URL, not {url!r}")
+            url = check_broker_url(self.settings.require("broker_url"))
             self._client = BrokerClient(url, provider_for(self.settings), verbose=self.verbose)
         return self._client
 

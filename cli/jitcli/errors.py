@@ -2,6 +2,7 @@
 
 CliError                  anything `jit` reports and exits on
 ├── ConfigError           a setting is missing or malformed
+│   └── InsecureBrokerUrl a plain http:// broker URL that is not on this machine
 ├── AuthError             no token could be obtained
 ├── BrokerError           the broker answered with an error body (status, code, message)
 ├── BrokerUnreachable     no HTTP answer at all (DNS, refused, TLS, timeout)
@@ -48,6 +49,12 @@ class ConfigError(CliError):
     """A setting is missing or malformed."""
 
     code = "config_error"
+
+
+class InsecureBrokerUrl(ConfigError):
+    """A broker URL over which the bearer token would travel in clear text (http:// off this machine)."""
+
+    code = "insecure_broker_url"
 
 
 class AuthError(CliError):

@@ -66,7 +66,7 @@ def exit_code_for_status(status: int, code: str | None) -> ExitCode:
 
 HELP_TEXT = """exit codes:
   0    success (jit ssh / jit rdp: the client's own exit code once it ran)
-  1    other error (bad settings, unexpected answer)
+  1    other error (bad settings, an http:// broker URL off this machine, unexpected answer)
   2    wrong arguments
   3    not signed in, or the broker rejected the token (401)
   4    denied by the broker: no role, VM not opted in, policy (403)

@@ -1,0 +1,58 @@
+"""Items of the CLI's security review, each with the tests that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from jitcli.api import check_broker_url, is_loopback
+from jitcli.errors import InsecureBrokerUrl
+
+from tests.cli.conftest import Jit
+from tests.cli.fakebroker import FakeBroker, Reply
+
+# -- no bearer token over plain http:// ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.8.9.10", "[::1]", "localhost", "LOCALHOST", "[::ffff:127.0.0.1]"]
+)
+def test_http_is_accepted_for_a_broker_on_this_machine(host: str) -> None:
+    assert check_broker_url(f"http://{host}:7071") == f"http://{host}:7071"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://jit.contoso.com",
+        "http://198.51.100.7:7071",
+        "http://[2001:db8::1]:7071",
+        "http://127.0.0.1.nip.io:7071",
+        "http://localhost.contoso.com",
+        "http://10.0.0.4",
+        "ftp://jit.contoso.com",
+        "jit.contoso.com",
+    ],
+)
+def test_other_broker_urls_are_refused(url: str) -> None:
+    with pytest.raises(InsecureBrokerUrl):
+        check_broker_url(url)
+    assert check_broker_url("https://jit.contoso.com") == "https://jit.contoso.com"
+    assert not is_loopback("jit.contoso.com")
+
+
+def test_jit_refuses_a_plain_http_broker_off_this_machine_before_sending_anything(jit: Jit) -> None:
+    done = jit.run("whoami", "--json", JIT_BROKER_URL="http://jit.contoso.test")
+    assert done.returncode == 1
+    assert "clear text" in done.stderr
+    assert "https://" in done.stderr
+    assert json.loads(done.stdout)["error"]["code"] == "insecure_broker_url"
+
+
+def test_jit_talks_plain_http_to_localhost(jit: Jit, fake_broker: FakeBroker) -> None:
+    fake = fake_broker
+    fake.on("GET", "/api/v1/whoami", Reply(200, {"principal": "alice", "roles": [], "address": "127.0.0.1"}))
+    port = fake.url.rsplit(":", 1)[1]
+    done = jit.run("whoami", "--json", JIT_BROKER_URL=f"http://localhost:{port}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["principal"] == "alice"
