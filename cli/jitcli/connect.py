@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jitcli.api import Answer, BrokerClient
-from jitcli.clients import Launch, rdp_launch, ssh_launch
+from jitcli.clients import Launch, check_host, check_login, rdp_launch, ssh_launch
 from jitcli.durations import human_duration
 from jitcli.errors import CliError, ConfigError, GrantFailed, PortTimeout
 from jitcli.lease import Lease, seconds_left
@@ -80,8 +80,15 @@ def unreachable_help(req: SessionRequest, grant: Grant, host: str, port: int) ->
     )
 
 
-def _launch_for(req: SessionRequest, grant: Grant, host: str, port: int) -> Launch:
+def _login(req: SessionRequest, grant: Grant) -> str | None:
+    """Whom to log in as: `-l`, else the broker's user for the VM; refused if it could pass for an option."""
     user = req.user or grant.connect.username
+    if user:
+        check_login(user, "-l" if req.user else f"the broker (grant {grant.id}'s connect.username)")
+    return user
+
+
+def _launch_for(req: SessionRequest, user: str | None, host: str, port: int) -> Launch:
     if req.protocol == "ssh":
         return ssh_launch(host, port, user, req.extra)
     return rdp_launch(host, port, user, req.extra)
@@ -180,6 +187,8 @@ def _connect(out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard)
             f"the broker gave no address for {grant.vm}",
             hint="pass --connect-host (a bastion or tunnel address)",
         )
+    check_host(host, "--connect-host" if req.connect_host else f"the broker (grant {grant.id}'s address)")
+    user = _login(req, grant)
     shown = f"{host}:{port}" + (f" (via {host} for {grant.vm})" if req.connect_host else "")
     spinner = Spinner(f"waiting for {shown} to answer")
     spinner.start()
@@ -191,7 +200,7 @@ def _connect(out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard)
             hint=unreachable_help(req, grant, host, port),
         )
     spinner.stop(f"{host}:{port} answered after {took:.1f}s")
-    launch = _launch_for(req, grant, host, port)
+    launch = _launch_for(req, user, host, port)
     out.progress("$ " + " ".join(launch.argv))
     try:
         code = guard.run(list(launch.argv))

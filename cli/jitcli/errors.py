@@ -8,6 +8,7 @@ CliError                  anything `jit` reports and exits on
 ├── BrokerUnreachable     no HTTP answer at all (DNS, refused, TLS, timeout)
 ├── GrantFailed           a grant the broker accepted (202) ended failed (or closed) instead of active
 ├── GrantPending          a grant the broker accepted (202) was still pending when `jit` stopped waiting
+├── UnsafeTarget          a login name or host that could pass for a client option
 ├── PortTimeout           the grant was made but the port never answered
 └── ClientMissing         no ssh / RDP client to run
 """
@@ -124,6 +125,13 @@ class GrantPending(CliError):
     def to_json(self) -> dict[str, object]:
         """The error, plus the grant as the broker last showed it."""
         return {**super().to_json(), "grant": self.grant.raw}
+
+
+class UnsafeTarget(CliError):
+    """A login name or host that a client could read as an option (`-oProxyCommand=…`), or with spaces or
+    control characters in it: refused rather than passed on."""
+
+    code = "unsafe_target"
 
 
 class PortTimeout(CliError):

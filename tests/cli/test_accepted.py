@@ -128,7 +128,7 @@ def test_ssh_waits_for_an_accepted_grant_then_connects_and_revokes(
     fake.on("GET", fake.grant_path, fake.answer("pending", retry_after="0"), fake.answer("active"))
     done = jit.run("ssh", "web-01", *via(listening_port), "--json", JIT_BROKER_URL=fake.url)
     assert done.returncode == 0, done.stderr
-    assert jit.recorded() == ["ssh", "-p", str(listening_port), "azureuser@127.0.0.1"]
+    assert jit.recorded() == ["ssh", "-p", str(listening_port), "--", "azureuser@127.0.0.1"]
     summary = json.loads(done.stdout)
     assert summary["grant"]["status"] == "active"
     assert summary["revoked"] is True

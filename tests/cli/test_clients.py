@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from jitcli.clients import rdp_launch, ssh_launch
-from jitcli.errors import ClientMissing
+from jitcli.clients import check_host, check_login, rdp_launch, split_ssh_args, ssh_launch
+from jitcli.errors import ClientMissing, UnsafeTarget
 
 
 @pytest.fixture
@@ -25,11 +25,56 @@ def install(folder: Path, name: str) -> None:
     exe.chmod(0o755)
 
 
-def test_ssh_puts_the_port_before_and_extra_arguments_after_the_destination(bin_dir: Path) -> None:
+def test_ssh_ends_options_with_a_double_dash_before_the_destination(bin_dir: Path) -> None:
     install(bin_dir, "ssh")
-    assert ssh_launch("198.51.100.10", 22, "azureuser").argv == ("ssh", "azureuser@198.51.100.10")
+    assert ssh_launch("198.51.100.10", 22, "azureuser").argv == ("ssh", "--", "azureuser@198.51.100.10")
+    assert ssh_launch("198.51.100.10", 22, None).argv == ("ssh", "--", "198.51.100.10")
     launch = ssh_launch("127.0.0.1", 2222, "root", ["-A", "uptime"])
-    assert launch.argv == ("ssh", "-p", "2222", "root@127.0.0.1", "-A", "uptime")
+    assert launch.argv == ("ssh", "-p", "2222", "-A", "--", "root@127.0.0.1", "uptime")
+
+
+@pytest.mark.parametrize(
+    ("extra", "options", "command"),
+    [
+        ([], [], []),
+        (["uptime"], [], ["uptime"]),
+        (["-L", "8080:localhost:80"], ["-L", "8080:localhost:80"], []),
+        (["-oBatchMode=yes", "-At", "ls", "-l"], ["-oBatchMode=yes", "-At"], ["ls", "-l"]),
+        (["-vp", "2200", "-J", "jump", "top"], ["-vp", "2200", "-J", "jump"], ["top"]),
+        (["-A", "--", "-weird-command"], ["-A"], ["-weird-command"]),
+        (["-", "x"], [], ["-", "x"]),
+    ],
+)
+def test_extra_ssh_arguments_split_into_options_and_a_remote_command(
+    extra: list[str], options: list[str], command: list[str]
+) -> None:
+    assert split_ssh_args(extra) == (options, command)
+
+
+@pytest.mark.parametrize("user", ["azureuser", "labadmin", "first.last", "svc_jit", "user@corp"])
+def test_ordinary_login_names_pass(user: str) -> None:
+    assert check_login(user, "the broker") == user
+
+
+@pytest.mark.parametrize("user", ["-oProxyCommand=x", "-l", "a b", "tab\tname", "new\nline", "nul\x00", ""])
+def test_login_names_that_could_be_options_or_hold_spaces_are_refused(user: str) -> None:
+    with pytest.raises(UnsafeTarget, match="the broker"):
+        check_login(user, "the broker")
+
+
+@pytest.mark.parametrize(
+    "host", ["198.51.100.10", "2001:db8::4", "web-01.westeurope.cloudapp.azure.com", "vm_1"]
+)
+def test_ip_addresses_and_dns_names_pass(host: str) -> None:
+    assert check_host(host, "the broker") == host
+
+
+@pytest.mark.parametrize(
+    "host", ["-oProxyCommand=x", "a b", "host\n", "../../etc/x", "[::1]", "user@host", ""]
+)
+def test_hosts_that_are_not_addresses_or_names_are_refused(host: str) -> None:
+    with pytest.raises(UnsafeTarget):
+        check_host(host, "the broker")
 
 
 def test_missing_ssh_names_what_to_install(bin_dir: Path) -> None:

@@ -116,9 +116,10 @@ def test_ssh_runs_the_client_with_the_vms_user_passes_extra_args_and_revokes(
         "ssh",
         "-p",
         str(listening_port),
-        "azureuser@127.0.0.1",
         "-o",
         "BatchMode=yes",
+        "--",
+        "azureuser@127.0.0.1",
         "uptime",
     ]
     assert "Opened port 22 on web-01 for 127.0.0.1/32" in done.stderr
@@ -130,7 +131,7 @@ def test_ssh_runs_the_client_with_the_vms_user_passes_extra_args_and_revokes(
 def test_ssh_login_name_and_json_summary(jit: Jit, api: BrokerApi, listening_port: int) -> None:
     done = jit.run("ssh", "web-01", "-l", "root", *via(listening_port), "--json")
     assert done.returncode == 0, done.stderr
-    assert jit.recorded() == ["ssh", "-p", str(listening_port), "root@127.0.0.1"]
+    assert jit.recorded() == ["ssh", "-p", str(listening_port), "--", "root@127.0.0.1"]
     summary = json.loads(done.stdout)
     assert summary["exit_code"] == 0
     assert summary["revoked"] is True
@@ -167,7 +168,7 @@ def test_connect_waits_for_a_port_that_starts_answering_after_the_grant(
     silent_socket.listen()
     code, _, err = end(session, jit)
     assert code == 0, err
-    assert jit.recorded() == ["ssh", "-p", str(port), "azureuser@127.0.0.1"]
+    assert jit.recorded() == ["ssh", "-p", str(port), "--", "azureuser@127.0.0.1"]
     assert "waiting for 127.0.0.1" in err
     assert api.open_grants("alice", "web-01") == []
 

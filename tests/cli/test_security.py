@@ -9,7 +9,12 @@ from jitcli.api import check_broker_url, is_loopback
 from jitcli.errors import InsecureBrokerUrl
 
 from tests.cli.conftest import Jit
-from tests.cli.fakebroker import FakeBroker, Reply
+from tests.cli.fakebroker import GRANTS, FakeBroker, Reply
+
+
+def via(port: int) -> list[str]:
+    return ["--connect-host", "127.0.0.1", "--connect-port", str(port)]
+
 
 # -- no bearer token over plain http:// ---------------------------------------------------------------------
 
@@ -56,3 +61,52 @@ def test_jit_talks_plain_http_to_localhost(jit: Jit, fake_broker: FakeBroker) ->
     done = jit.run("whoami", "--json", JIT_BROKER_URL=f"http://localhost:{port}")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["principal"] == "alice"
+
+
+# -- nothing from the broker becomes an ssh option ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("username", "-oProxyCommand=touch /tmp/jit-pwned"),
+        ("username", "azure user"),
+        ("username", "azureuser\n"),
+        ("host", "-oProxyCommand=touch /tmp/jit-pwned"),
+        ("host", "web-01 -v"),
+    ],
+)
+def test_an_unsafe_username_or_host_from_the_broker_is_refused_and_the_grant_revoked(
+    jit: Jit, fake_broker: FakeBroker, listening_port: int, field: str, value: str
+) -> None:
+    said = "login name" if field == "username" else "host"
+    fake = fake_broker
+    fake.connect[field] = value
+    fake.on("POST", GRANTS, fake.answer("active", code=201))
+    target = via(listening_port) if field == "username" else ["--connect-port", str(listening_port)]
+    done = jit.run("ssh", "web-01", *target, "--json", JIT_BROKER_URL=fake.url)
+    assert done.returncode == 1, done.stderr
+    assert f"refusing the {said} {value!r} from the broker" in done.stderr
+    assert json.loads(done.stdout)["error"]["code"] == "unsafe_target"
+    assert jit.recorded() is None  # ssh never ran
+    assert len(fake.requests("DELETE", fake.grant_path)) == 1
+
+
+def test_ssh_gets_a_double_dash_before_the_destination(
+    jit: Jit, fake_broker: FakeBroker, listening_port: int
+) -> None:
+    fake = fake_broker
+    fake.on("POST", GRANTS, fake.answer("active", code=201))
+    extra = ["-L", "8080:localhost:80", "-A", "uptime"]
+    done = jit.run("ssh", "web-01", *via(listening_port), "--", *extra, JIT_BROKER_URL=fake.url)
+    assert done.returncode == 0, done.stderr
+    options, command = extra[:3], extra[3:]
+    assert jit.recorded() == [
+        "ssh",
+        "-p",
+        str(listening_port),
+        *options,
+        "--",
+        "azureuser@127.0.0.1",
+        *command,
+    ]
