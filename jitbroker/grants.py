@@ -52,6 +52,7 @@ class GrantStorePort(Protocol):
     def open_rows(self, grant: Grant) -> None: ...
     def extend_open_rows(self, grant: Grant) -> None: ...
     def drop_open_rows(self, grant: Grant) -> None: ...
+    def mark_active(self, grant: Grant) -> None: ...
     def openings(self, nsg_id: str) -> list[Opening]: ...
     def list_for_principal(self, oid: str, status: GrantStatus | None = None) -> list[Grant]: ...
     def list_all(self, status: GrantStatus | None = None) -> list[Grant]: ...
@@ -296,12 +297,15 @@ class GrantService:
         try:
             warnings = (*grant.warnings, *self._warnings_for(grant, results, refs))
             self._closer.audit("granted", grant, None, detail=",".join(r.rule_name for r in refs))
-            return self._transition(
+            active = self._transition(
                 grant,
                 status=GrantStatus.ACTIVE,
                 nsg_rules=tuple(refs),
                 warnings=tuple(dict.fromkeys(warnings)),
             )
+            if active.status is GrantStatus.ACTIVE:
+                self._store.mark_active(active)  # its VM now keeps an address it may share
+            return active
         except Exception as err:
             raise self._fail(grant, err) from err
 

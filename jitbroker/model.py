@@ -143,3 +143,4 @@ class Opening:
     source: str
     expires_at: datetime
     created_at: datetime
+    active: bool = False  # the grant was answered active: its VM keeps an address it shares with another

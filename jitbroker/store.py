@@ -183,6 +183,16 @@ class GrantStore:
             except ResourceNotFoundError:
                 continue
 
+    def mark_active(self, grant: Grant) -> None:
+        """Note in the grant's `open` rows that it was answered active (its VM keeps a shared address)."""
+        for nsg_id in grant.nsg_ids:
+            row = {"PartitionKey": _open_pk(nsg_id), "RowKey": escape_key(grant.id), "active": True}
+            try:
+                with _upstream("indexing the grant"):
+                    self._t("open").update_entity(row, mode=UpdateMode.MERGE)  # If-Match: * (must exist)
+            except ResourceNotFoundError:
+                continue
+
     def drop_open_rows(self, grant: Grant) -> None:
         """Take the grant out of its NSGs' desired state (a close does this before and after its record)."""
         for nsg_id in (*grant.nsg_ids, None):
@@ -413,6 +423,7 @@ def _opening_from(row: Any) -> Opening:
         source=str(row["source"]),
         expires_at=_parse(str(row["expires_at"])),
         created_at=_parse(str(row["created_at"])),
+        active=bool(row.get("active", False)),
     )
 
 

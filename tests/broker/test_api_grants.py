@@ -261,7 +261,11 @@ def test_a_revoke_whose_rule_write_fails_is_still_revoked_and_says_the_sweeper_f
     alice = as_user("alice")
     grant = alice.post("/api/v1/grants", json={"vm": "web-01", "duration": "PT30M"}).json()
     arm_admin.add_fault(
-        method="PUT", match="networkSecurityGroups/web-01-nsg", count=1, status=403, code="AuthorizationFailed"
+        method="PUT",
+        match="networkSecurityGroups/web-01-nsg",
+        count=1,
+        status=403,
+        code="AuthorizationFailed",
     )
 
     answer = alice.delete(f"/api/v1/grants/{grant['id']}")

@@ -315,12 +315,6 @@ def test_concurrent_requests_for_both_vms_behind_one_nsg_open_exactly_one(
     assert held(admin, SHARED) == {expected}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG nsgplan.desired_state: the VM whose grant was *created* first owns a shared address, so a "
-    "request that passed its address check before the other VM's grant existed displaces that grant after it "
-    "became active (its source leaves the NSG, its record stays active) instead of being refused",
-)
 def test_an_active_grant_keeps_the_shared_address_against_a_request_that_raced_its_check(
     overlap_in_process_broker, overlap_scenario, clean_overlap, overlap_store
 ) -> None:
