@@ -9,7 +9,7 @@ from jitcli.api import Answer, BrokerClient, check_broker_url
 from jitcli.config import KEYS, Settings, set_value
 from jitcli.durations import parse_seconds
 from jitcli.errors import CliError, ConfigError
-from jitcli.models import Grant
+from jitcli.models import Grant, door_after_revoke
 from jitcli.output import Output, grants_table, key_values, until, vms_table
 
 #: `jit extend` without --duration (or a duration setting) pushes the expiry to now + this.
@@ -113,11 +113,11 @@ def _await_new_grant(ctx: Context, grant: Grant, answer: Answer) -> tuple[Grant,
     except KeyboardInterrupt:
         # Nobody has been told about this grant yet: close it rather than leave a door open until its expiry.
         try:
-            ctx.client.revoke(grant.id)
+            body = ctx.client.revoke(grant.id)
         except CliError as exc:
             ctx.out.warn(f"could not revoke grant {grant.id} ({exc.message}); it closes at its expiry")
         else:
-            ctx.out.progress(f"Revoked grant {grant.id}: port {grant.port} on {grant.vm} is closed again")
+            ctx.out.progress(f"Revoked grant {grant.id}: {door_after_revoke(body, grant.port, grant.vm)}")
         raise
 
 
@@ -171,7 +171,9 @@ def cmd_revoke(ctx: Context) -> int:
     def human() -> str:
         if not revoked:
             return "No active grants to revoke."
-        return "\n".join(f"Revoked {g.get('id')}: port {g.get('port')} on {g.get('vm')}" for g in revoked)
+        return "\n".join(
+            f"Revoked {g.get('id')}: {door_after_revoke(g, g.get('port'), g.get('vm'))}" for g in revoked
+        )
 
     ctx.out.result({"revoked": revoked}, human)
     return 0

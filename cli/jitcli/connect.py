@@ -11,7 +11,7 @@ from jitcli.clients import Launch, check_host, check_login, rdp_launch, ssh_laun
 from jitcli.durations import human_duration
 from jitcli.errors import CliError, ConfigError, GrantFailed, PortTimeout
 from jitcli.lease import Lease, seconds_left
-from jitcli.models import OPEN_STATUSES, Grant
+from jitcli.models import OPEN_STATUSES, Grant, door_after_revoke
 from jitcli.output import Output, until
 from jitcli.pending import wait_active
 from jitcli.probe import Spinner, wait_for_port
@@ -216,12 +216,12 @@ def _connect(out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard)
 
 def _revoke(client: BrokerClient, out: Output, grant: Grant) -> bool:
     try:
-        client.revoke(grant.id)
+        body = client.revoke(grant.id)
     except CliError as exc:
         message = exc.message
         out.warn(
             f"could not revoke grant {grant.id} ({message}); it closes by itself at {until(grant.expires_at)}"
         )
         return False
-    out.progress(f"Revoked grant {grant.id}: port {grant.port} on {grant.vm} is closed again")
+    out.progress(f"Revoked grant {grant.id}: {door_after_revoke(body, grant.port, grant.vm)}")
     return True

@@ -10,6 +10,24 @@ from jitcli.durations import parse_time
 
 #: Statuses of a grant whose door is (or is about to be) open; every other status is closed for good.
 OPEN_STATUSES = ("pending", "active")
+#: How the broker's revoke answer begins a warning when the NSG rule write failed: the close stands, and the
+#: sweeper takes the source out of the rule within one sweep interval.
+CLOSE_PENDING_PREFIX = "the grant is closed, but its NSG rule could not be updated just now"
+
+
+def closes_within_sweep(body: dict[str, Any]) -> bool:
+    """True when a revoke answer says the door is not shut yet: the sweeper finishes the close."""
+    return any(_warning_text(w).startswith(CLOSE_PENDING_PREFIX) for w in body.get("warnings") or ())
+
+
+def door_after_revoke(body: dict[str, Any], port: object, vm: object) -> str:
+    """`port 22 on web-01 is closed again`, or (the broker's warning) that it closes within one sweep."""
+    if closes_within_sweep(body):
+        return (
+            f"the door to port {port} on {vm} closes within one sweep "
+            "(the broker could not update its NSG rule just now)"
+        )
+    return f"port {port} on {vm} is closed again"
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from jitcli.api import check_broker_url, is_loopback
 from jitcli.errors import InsecureBrokerUrl
 
-from tests.cli.conftest import Jit
+from tests.cli.conftest import BrokerApi, Jit
 from tests.cli.fakebroker import GRANTS, FakeBroker, Reply
+
+#: How the broker's revoke answer begins its warning when the NSG rule write failed (jitbroker.grants).
+CLOSE_PENDING = (
+    "the grant is closed, but its NSG rule could not be updated just now; the sweeper removes the source "
+    "from the rule within one sweep interval"
+)
 
 
 def via(port: int) -> list[str]:
@@ -110,3 +117,44 @@ def test_ssh_gets_a_double_dash_before_the_destination(
         "azureuser@127.0.0.1",
         *command,
     ]
+
+
+# -- a door the sweeper still has to close ------------------------------------------------------------------
+
+
+def test_revoke_says_the_door_closes_within_one_sweep_when_the_broker_warns_so(
+    jit: Jit, fake_broker: FakeBroker
+) -> None:
+    fake = fake_broker
+    fake.on("DELETE", fake.grant_path, fake.answer("revoked", warnings=[CLOSE_PENDING]))
+    done = jit.run("revoke", fake.grant_id, JIT_BROKER_URL=fake.url)
+    assert done.returncode == 0, done.stderr
+    assert "the door to port 22 on web-01 closes within one sweep" in done.stdout
+    assert "closed again" not in done.stdout
+
+
+def test_a_session_says_the_door_closes_within_one_sweep_when_the_broker_warns_so(
+    jit: Jit, fake_broker: FakeBroker, listening_port: int
+) -> None:
+    fake = fake_broker
+    fake.on("POST", GRANTS, fake.answer("active", code=201))
+    fake.on("DELETE", fake.grant_path, fake.answer("revoked", warnings=[CLOSE_PENDING]))
+    done = jit.run("ssh", "web-01", *via(listening_port), JIT_BROKER_URL=fake.url)
+    assert done.returncode == 0, done.stderr
+    assert "the door to port 22 on web-01 closes within one sweep" in done.stderr
+    assert "is closed again" not in done.stderr
+
+
+def test_the_lab_brokers_own_warning_is_recognised(jit: Jit, api: BrokerApi, arm_admin: Any) -> None:
+    granted = jit.run("grant", "db-01", "--port", "5432", "--duration", "10m", "--json")
+    assert granted.returncode == 0, granted.stderr
+    grant_id = json.loads(granted.stdout)["id"]
+    for method in ("PUT", "PATCH", "DELETE"):  # every NSG write fails, one rule's or the whole NSG's
+        arm_admin.add_fault(method=method, match="networkSecurityGroups", count=50, status=500)
+    try:
+        done = jit.run("revoke", grant_id)
+    finally:
+        arm_admin.clear_faults()
+    assert done.returncode == 0, done.stderr
+    assert f"Revoked {grant_id}: the door to port 5432 on db-01 closes within one sweep" in done.stdout
+    assert api.grant(grant_id)["status"] == "revoked"  # the rule left behind goes with arm_admin's reset
