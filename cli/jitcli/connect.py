@@ -170,6 +170,8 @@ def _end_lease(
         with guard.deferred():
             if lease is not None:
                 lease.stop()
+                if lease.revoked:
+                    return True  # the broker refused a renewal and the lease revoked the grant then
                 grant = lease.grant
             if grant.status not in OPEN_STATUSES:
                 return False  # failed (or closed) before it opened: nothing to revoke

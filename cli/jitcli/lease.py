@@ -1,18 +1,21 @@
 """The lease heartbeat: renew a grant before it expires for as long as the session runs.
 
 A short grant thus lives exactly as long as the session: if `jit` is killed outright, renewals stop and the
-broker's expiry closes the door. A failed renewal is reported on stderr; the session is never killed for it.
+broker's expiry closes the door. A renewal that fails transiently (no answer, 5xx, 429) is retried. One the
+broker refuses (403, 409, 400…: it will not keep this door open) ends the grant there and then: the lease
+revokes it and says why, in the broker's words. The running client is never killed for either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from jitcli.api import Answer, BrokerClient
 from jitcli.errors import BrokerError, CliError, GrantFailed, GrantPending
-from jitcli.models import Grant
+from jitcli.models import Grant, door_after_revoke
 
 #: The broker's Date header has one-second resolution: assume up to this much less time is left.
 _CLOCK_SLACK_S = 1.0
@@ -51,6 +54,8 @@ class Lease:
     ) -> None:
         self.grant = grant
         self.renewals = 0
+        #: True once the lease revoked the grant itself, after the broker refused a renewal.
+        self.revoked = False
         self._grant_wait_s = grant_wait_s
         self._client = client
         self._duration = duration
@@ -83,11 +88,8 @@ class Lease:
                 self._warn(f"{exc.message}; renewals stop")
                 return
             except BrokerError as exc:
-                if exc.status < 500 and exc.status != 429:
-                    self._warn(
-                        f"the broker will not renew grant {self.grant.id} ({exc.message}); access ends at "
-                        f"{self.grant.expires_at:%H:%M:%SZ}, the session keeps running"
-                    )
+                if exc.status < 500 and exc.status not in (408, 429):
+                    self._refused(exc)
                     return
                 wait = self._after_failure(exc, failing_since_ok)
                 failing_since_ok = True
@@ -121,6 +123,25 @@ class Lease:
             return settle(self._client, grant, answer, timeout=self._grant_wait_s, sleep=sleep)
         except GrantPending as exc:
             raise CliError(f"the broker has not finished extending grant {grant.id}") from exc
+
+    def _refused(self, exc: BrokerError) -> None:
+        """The broker will not renew: revoke the grant now rather than leave it open, and say why."""
+        why = f"the broker refused to renew grant {self.grant.id} ({exc.status} {exc.code}: {exc.message})"
+        try:
+            body = self._client.revoke(self.grant.id)
+        except CliError as revoke_error:
+            self._warn(
+                f"{why}; revoking it failed too ({revoke_error.message}): it closes by itself at "
+                f"{self.grant.expires_at:%H:%M:%SZ}"
+            )
+            return
+        self.revoked = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.grant = Grant.from_json(body)
+        self._warn(
+            f"{why}; revoked it: {door_after_revoke(body, self.grant.port, self.grant.vm)}. "
+            "The session already running is left alone; new connections are refused"
+        )
 
     def _after_failure(self, exc: CliError, already_failing: bool) -> float:
         if not already_failing:

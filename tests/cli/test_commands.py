@@ -281,7 +281,7 @@ def test_a_refused_renewal_is_reported_without_ending_the_session(
     wait_until(jit.recorded, what="the client to start")
     (grant,) = api.open_grants("alice", "web-01")
     api.call("DELETE", f"/api/v1/grants/{grant['id']}", "carol")  # an admin closes the door meanwhile
-    wait_until(lambda: "will not renew" in jit.stderr_so_far(), what="the renewal warning")
+    wait_until(lambda: "refused to renew" in jit.stderr_so_far(), what="the renewal warning")
     assert session.poll() is None  # the session goes on
     jit.end_sessions()
     code, _, err = end(session, jit)

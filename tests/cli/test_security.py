@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from jitcli.api import check_broker_url, is_loopback
 from jitcli.errors import InsecureBrokerUrl
 
-from tests.cli.conftest import BrokerApi, Jit
+from tests.cli.conftest import BrokerApi, Jit, end, wait_until
 from tests.cli.fakebroker import GRANTS, FakeBroker, Reply
 
 #: How the broker's revoke answer begins its warning when the NSG rule write failed (jitbroker.grants).
@@ -158,3 +159,33 @@ def test_the_lab_brokers_own_warning_is_recognised(jit: Jit, api: BrokerApi, arm
     assert done.returncode == 0, done.stderr
     assert f"Revoked {grant_id}: the door to port 5432 on db-01 closes within one sweep" in done.stdout
     assert api.grant(grant_id)["status"] == "revoked"  # the rule left behind goes with arm_admin's reset
+
+
+# -- a refused renewal ends the grant -----------------------------------------------------------------------
+
+
+def test_a_renewal_the_broker_refuses_revokes_the_grant_and_says_why(
+    jit: Jit, fake_broker: FakeBroker, listening_port: int
+) -> None:
+    fake = fake_broker
+    fake.lifetime = timedelta(seconds=3)
+    refusal = f"grant {fake.grant_id} already runs to the maximum total of 8h; request a new one"
+    fake.on("POST", GRANTS, fake.answer("active", code=201))
+    fake.on("POST", f"{fake.grant_path}/extend", FakeBroker.error(409, "conflict", refusal))
+    session = jit.start(
+        "ssh", "web-01", *via(listening_port), "--json", JIT_BROKER_URL=fake.url, **jit.hold_sessions()
+    )
+    wait_until(jit.recorded, what="the client to start")
+    wait_until(lambda: fake.requests("DELETE", fake.grant_path), timeout=20, what="jit to revoke the grant")
+    wait_until(lambda: "revoked it" in jit.stderr_so_far(), what="the reason on stderr")
+    assert session.poll() is None  # the running client is left alone
+    assert len(fake.requests("POST", f"{fake.grant_path}/extend")) == 1  # refused once: no retrying
+    jit.end_sessions()
+    code, out, err = end(session, jit)
+    assert code == 0, err
+    assert refusal in err
+    assert "409 conflict" in err
+    summary = json.loads(out)
+    assert summary["revoked"] is True
+    assert summary["grant"]["status"] == "revoked"
+    assert len(fake.requests("DELETE", fake.grant_path)) == 1  # not revoked a second time at the end
