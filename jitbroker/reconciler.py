@@ -136,7 +136,16 @@ class NsgReconciler:
         """`reconcile` for several NSGs at once (a VM's NIC and subnet NSGs): their passes run in parallel."""
         deadline = None if timeout is None else self._monotonic() + timeout
         tickets = [(nsg_id, *self._join(nsg_id)) for nsg_id in dict.fromkeys(nsg_ids)]
-        return {nsg_id: self._wait(nsg_id, flight, mine, deadline) for nsg_id, flight, mine in tickets}
+        results: dict[str, PassResult] = {}
+        errors: list[BaseException] = []
+        for nsg_id, flight, mine in tickets:  # wait on every ticket, so none stays counted as waiting
+            try:
+                results[nsg_id] = self._wait(nsg_id, flight, mine, deadline)
+            except Exception as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
+        return results
 
     def trim(self, nsg_id: str) -> PassResult:
         """The orphan pass: take out of the broker's rules every source no open grant of this NSG holds, and
@@ -234,6 +243,8 @@ class NsgReconciler:
             else:
                 plan = nsgplan.plan_nsg(current, desired, self._band)
             if not plan.changed:
+                if _settling(nsg):  # a write (ours that timed out, or another process's) may still fail
+                    raise LroTimeout(f"NSG {_short(nsg_id)} is still being updated; reading it again")
                 return PassResult(nsg_id, plan, False, nsg, desired)
             nsgplan.require_foreign_untouched(current, plan.security_rules)
             self._put(nsg_id, nsgplan.put_body(nsg, plan.security_rules), etag)
@@ -284,6 +295,12 @@ class NsgReconciler:
     def _nsg_lock(self, nsg_id: str) -> threading.Lock:
         with self._lock:
             return self._nsg_locks.setdefault(nsg_id.lower(), threading.Lock())
+
+
+def _settling(nsg: Mapping[str, Any]) -> bool:
+    """True while an operation on the NSG runs: what it shows may still be rolled back."""
+    state = str((nsg.get("properties") or {}).get("provisioningState") or "Succeeded")
+    return state.lower() not in ("succeeded", "failed", "canceled")
 
 
 def _same(fresh: Desired, written: Desired) -> bool:
