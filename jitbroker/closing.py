@@ -21,6 +21,7 @@ from jitbroker.errors import Conflict, NotFound
 from jitbroker.identity.principal import Principal
 from jitbroker.model import AuditEvent, Grant, GrantStatus, Opening
 from jitbroker.reconciler import PassResult, StillWorking
+from jitbroker.rules import live_session_warning
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class ReconcilerPort(Protocol):
     """How closing changes NSGs (implemented by `jitbroker.reconciler.NsgReconciler`)."""
 
     def reconcile(self, nsg_id: str, *, timeout: float | None = None) -> PassResult: ...
+    def reconcile_all(
+        self, nsg_ids: Iterable[str], *, timeout: float | None = None
+    ) -> dict[str, PassResult]: ...
 
 
 @dataclass
@@ -77,15 +81,18 @@ class Closer:
         If the NSG write fails or runs long, the close stands and the answer's warnings say so."""
         closed = self.record_closed(grant, status, by=by, reason=reason) if grant.status.is_open else grant
         try:
-            for nsg_id in closed.nsg_ids:
-                self._reconciler.reconcile(nsg_id, timeout=self._budget)
+            results = self._reconciler.reconcile_all(closed.nsg_ids, timeout=self._budget)
         except StillWorking:
             return closed
         except Exception:
             log.warning("grant %s is %s but its NSG write failed; the sweeper will finish", grant.id, status)
             if grant.status.is_open:
                 return replace(closed, warnings=(*closed.warnings, CLOSE_PENDING_NOTE))
-        return closed
+            return closed
+        if not grant.status.is_open:
+            return closed
+        live = [w for r in results.values() if (w := live_session_warning(r.nsg)) is not None]
+        return replace(closed, warnings=(*closed.warnings, *live)) if live else closed
 
     def record_closed(
         self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None

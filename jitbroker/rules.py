@@ -348,6 +348,19 @@ def _broad(prefixes: Iterable[str], *, wide_prefix: bool = True) -> bool:
     return False
 
 
+def live_session_warning(nsg: Mapping[str, Any]) -> str | None:
+    """A warning when the NSG (ARM JSON) keeps established flows after a rule goes (`flushConnection` off):
+    a revoke or expiry then stops new connections only."""
+    props = nsg.get("properties") or {}
+    if not nsg or props.get("flushConnection"):
+        return None
+    name = str(nsg.get("name") or "the VM's NSG")
+    return (
+        f"NSG {name!r} has flushConnection off: a revoke or expiry will not cut live sessions, only new "
+        "connections (turn flushConnection on to end sessions when the door closes)"
+    )
+
+
 # ---------------------------------------------------------------- small helpers
 
 
