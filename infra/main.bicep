@@ -153,6 +153,9 @@ param zoneRedundant bool = false
 ])
 param storageSkuName string = 'Standard_ZRS'
 
+@description('E-mail address the broker\'s alerts notify (azd env JIT_ALERT_EMAIL); empty: no action group, the alerts only show in Azure Monitor.')
+param alertEmail string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -298,6 +301,19 @@ module broker 'app/broker.bicep' = {
   }
 }
 
+// Alerts, the action group that e-mails them, and the operations workbook (docs/operations.md). No roles.
+module operations 'app/operations.bicep' = {
+  name: 'operations'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    baseName: 'jit-${resourceToken}'
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    alertEmail: alertEmail
+  }
+}
+
 module brokerRole 'app/broker-role.bicep' = {
   name: 'broker-role'
   params: {
@@ -337,3 +353,5 @@ output JIT_API_APP_ID_URI string = appIdUri
 output JIT_ALLOWED_SCOPES string = join(effectiveScopes, ',')
 output JIT_BROKER_PRINCIPAL_ID string = identity.outputs.principalId
 output JIT_BROKER_ROLE_ID string = brokerRole.outputs.id
+output JIT_ALERT_ACTION_GROUP_ID string = operations.outputs.actionGroupId
+output JIT_OPERATIONS_WORKBOOK_ID string = operations.outputs.workbookId
