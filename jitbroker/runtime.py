@@ -20,6 +20,7 @@ from jitbroker.closing import Closer
 from jitbroker.config import Settings, SweepSettings
 from jitbroker.grants import GrantService
 from jitbroker.identity import TokenVerifier
+from jitbroker.readiness import Readiness, ReadinessReport, unavailable
 from jitbroker.sweeper import Sweeper, SweepReport
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Broker:
     store: GrantStore
     topology: TopologyReader
     reconciler: NsgReconciler
+    readiness: Readiness
 
 
 def build_backend(
@@ -126,13 +128,32 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
     )
     verifier = TokenVerifier.from_settings(settings)
     services = Services(settings=settings, grants=grants, verifier=verifier)
+    readiness = Readiness(
+        {
+            "table_storage": backend.store.ping,
+            "arm": lambda: arm_ping(backend.clients, settings.allowed_scopes[0]),
+        }
+    )
     return Broker(
         services=services,
         sweeper=backend.sweeper,
         store=backend.store,
         topology=topology,
         reconciler=backend.reconciler,
+        readiness=readiness,
     )
+
+
+def arm_ping(clients: AzureClients, scope: str) -> None:
+    """One cheap ARM read the broker's role allows (the first page of NSGs in a served scope)."""
+    parts = scope.strip("/").split("/")
+    network = clients.network_client(parts[1])
+    pager = (
+        network.network_security_groups.list(parts[3])
+        if len(parts) >= 4
+        else (network.network_security_groups.list_all())
+    )
+    next(iter(pager.by_page()), None)
 
 
 _lock = threading.Lock()
@@ -146,6 +167,15 @@ def broker() -> Broker:
         if _broker is None:
             _broker = build(Settings.from_env())
         return _broker
+
+
+def readiness() -> ReadinessReport:
+    """`GET /api/ready`: this process's dependencies, checked with its own identity (cached briefly)."""
+    try:
+        return broker().readiness.report()
+    except Exception as err:  # settings or wiring: the instance cannot serve at all
+        log.exception("the broker could not be built for a readiness check")
+        return unavailable(f"the broker could not start ({type(err).__name__}); see its logs")
 
 
 _sweeper: Sweeper | None = None

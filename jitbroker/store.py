@@ -313,6 +313,16 @@ class GrantStore:
         rows = self._query("nsgs", "PartitionKey eq @pk", {"pk": _NSG_PK})
         return {str(row["nsg_id"]) for row in rows}
 
+    def ping(self) -> None:
+        """One cheap read of one table (readiness): raises when the store cannot be reached."""
+        with _upstream("checking the store"):
+            pages = (
+                self._t("nsgs")
+                .query_entities("PartitionKey eq @pk", parameters={"pk": _NSG_PK}, results_per_page=1)
+                .by_page()
+            )
+            next(iter(pages), None)
+
     # ------------------------------------------------------------------ internals
 
     def _t(self, kind: str) -> TableClient:
