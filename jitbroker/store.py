@@ -8,7 +8,8 @@ Tables (all named `{prefix}...`):
     open        PK = NSG id, RK = id                open grants behind one NSG, with what its rule needs
                 PK = "~all", RK = id                every open grant (admins' listing)
     pending     PK = "pending", RK = id             grants not yet active (the sweeper's stale-pending pass)
-    audit       PK = grant id (or ~day), RK = time|uuid   append-only
+    audit       PK = grant id (or ~day), RK = time|uuid   append-only: one grant's story
+    auditlog    PK = day, RK = newest-first time|uuid     the same events by day, for time-range queries
     nsgs        PK = "nsg", RK = NSG id             every NSG the broker may have written to (orphan sweep)
 
 Every read is proportional to what it is about — one NSG's open grants, what is due, what is pending —
@@ -41,7 +42,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from jitbroker.errors import Conflict, JitError, NotFound, UpstreamError
+from jitbroker.errors import Conflict, InvalidRequest, JitError, NotFound, UpstreamError
 from jitbroker.model import AuditEvent, ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening
 
 Clock = Callable[[], datetime]
@@ -97,7 +98,7 @@ class GrantStore:
         self._clock = clock
         self._names = {
             kind: f"{prefix}{kind}"
-            for kind in ("grants", "expiry", "principals", "open", "pending", "audit", "nsgs")
+            for kind in ("grants", "expiry", "principals", "open", "pending", "audit", "auditlog", "nsgs")
         }
         self._tables = {kind: table_service.get_table_client(name) for kind, name in self._names.items()}
         self._known_nsgs: set[str] = set()
@@ -280,8 +281,54 @@ class GrantStore:
             **{k: v for k, v in asdict(event).items() if v is not None and k != "at"},
             "at": _iso(event.at),
         }
+        by_day = {
+            **entity,
+            "PartitionKey": f"{event.at.astimezone(UTC):%Y%m%d}",
+            "RowKey": _newest_first_key(event.at),
+            "principal_key": (event.principal or "").lower(),
+            "vm_key": (event.vm_id or "").lower(),
+            "vm_name_key": (event.vm_id or "").rstrip("/").rsplit("/", 1)[-1].lower(),
+        }
         with _upstream("writing the audit trail"):
+            self._t("auditlog").create_entity(by_day)  # the day's log first: a time-range query never misses
             self._t("audit").create_entity(entity)
+
+    def audit_page(
+        self, query: AuditQuery, *, cursor: str | None = None
+    ) -> tuple[list[AuditEvent], str | None]:
+        """Events in `query`'s time range, newest first, at most `query.limit`, and the next page's cursor
+        (None when there is none). Reads one day's partition at a time, only the days the range covers."""
+        day, after = _parse_cursor(cursor) if cursor else (query.until, None)
+        events: list[AuditEvent] = []
+        lo = _newest_first_key(query.until)[:20]
+        hi = _newest_first_key(query.since)[:20] + "~"
+        while day.date() >= query.since.date() and len(events) < query.limit:
+            pk = f"{day:%Y%m%d}"
+            clauses, params = (
+                ["PartitionKey eq @pk", "RowKey ge @lo", "RowKey lt @hi"],
+                {"pk": pk, "lo": lo, "hi": hi},
+            )
+            if after is not None:
+                clauses.append("RowKey gt @after")
+                params["after"] = after
+            for name, value in (
+                ("kind", query.kind),
+                ("principal_key", query.principal.lower() if query.principal else None),
+                (_vm_field(query.vm), (query.vm or "").rstrip("/").lower() or None),
+            ):
+                if value is not None:
+                    clauses.append(f"{name} eq @{name}")
+                    params[name] = value
+            with _upstream("reading the audit trail"):
+                pages = self._t("auditlog").query_entities(
+                    " and ".join(clauses), parameters=params, results_per_page=query.limit - len(events)
+                )
+                for row in pages:
+                    events.append(_event_from(row))
+                    if len(events) >= query.limit:
+                        return events, _cursor(day, str(row["RowKey"]))
+            day, after = day - timedelta(days=1), None
+        return events, None
 
     def audit_events(self, grant_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
         """Audit events in time order: one grant's (an index read), or the latest `limit` of all."""
@@ -387,6 +434,51 @@ def _abandoned(row: Any) -> bool:
     younger than a few minutes may belong to a grant being recorded right now and must stay."""
     written = getattr(row, "metadata", {}).get("timestamp")
     return isinstance(written, datetime) and datetime.now(UTC) - written > _ABANDONED
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which audit events to read: a time range (UTC), optionally one kind, principal or VM (name or id)."""
+
+    since: datetime
+    until: datetime
+    kind: str | None = None
+    principal: str | None = None
+    vm: str | None = None
+    limit: int = 100
+
+
+_MAX_MICROS = 10**19
+
+
+def _newest_first_key(moment: datetime) -> str:
+    micros = int(moment.astimezone(UTC).timestamp() * 1_000_000)
+    return f"{_MAX_MICROS - micros:020d}|{uuid.uuid4().hex}"
+
+
+def _vm_field(vm: str | None) -> str:
+    return "vm_key" if vm and vm.startswith("/") else "vm_name_key"
+
+
+def _cursor(day: datetime, row_key: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(f"{day:%Y%m%d}|{row_key}".encode()).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor this store handed out; `InvalidRequest` for anything else (it comes from a URL)."""
+    import base64
+
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        day, row_key = text.split("|", 1)
+        moment = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC, hour=23, minute=59, second=59)
+        if not row_key[:20].isdigit():
+            raise ValueError(row_key)
+    except ValueError as err:
+        raise InvalidRequest("cursor is not one this broker handed out; start again without it") from err
+    return moment, row_key
 
 
 @dataclass(frozen=True)

@@ -276,3 +276,47 @@ def test_storage_that_cannot_be_reached_is_an_upstream_error():
     )
     with pytest.raises(UpstreamError):
         GrantStore(dead, prefix="dead", clock=lambda: T0).get("g-1")
+
+
+def test_the_audit_log_pages_newest_first_through_a_time_range_with_filters(store: GrantStore):
+    from jitbroker.store import AuditQuery
+
+    base = T0 - timedelta(days=2)
+    for i in range(7):  # across three days, two principals, two VMs
+        store.record(
+            AuditEvent(
+                kind="granted" if i % 2 == 0 else "revoked",
+                at=base + timedelta(hours=8 * i),
+                grant_id=f"g-{i}",
+                principal="alice" if i < 4 else "bob",
+                source="203.0.113.10/32",
+                vm_id=VM if i % 3 else VM.replace("web-01", "db-01"),
+                port=22,
+            )
+        )
+    everything = AuditQuery(since=base, until=T0 + timedelta(days=1), limit=3)
+    first, cursor = store.audit_page(everything)
+    assert [e.grant_id for e in first] == ["g-6", "g-5", "g-4"]
+    second, cursor = store.audit_page(everything, cursor=cursor)
+    third, cursor = store.audit_page(everything, cursor=cursor)
+    assert [e.grant_id for e in second + third] == ["g-3", "g-2", "g-1", "g-0"]
+    assert cursor is None
+
+    window = AuditQuery(since=base + timedelta(hours=8), until=base + timedelta(hours=24), limit=10)
+    assert [e.grant_id for e in store.audit_page(window)[0]] == ["g-3", "g-2", "g-1"]
+    only_bob = AuditQuery(since=base, until=T0 + timedelta(days=1), principal="bob", limit=10)
+    assert [e.grant_id for e in store.audit_page(only_bob)[0]] == ["g-6", "g-5", "g-4"]
+    db = AuditQuery(since=base, until=T0 + timedelta(days=1), vm="db-01", kind="granted", limit=10)
+    assert [e.grant_id for e in store.audit_page(db)[0]] == ["g-6", "g-0"]
+    by_id = AuditQuery(since=base, until=T0 + timedelta(days=1), vm=VM.upper(), limit=10)
+    assert [e.grant_id for e in store.audit_page(by_id)[0]] == ["g-5", "g-4", "g-2", "g-1"]
+
+
+def test_an_audit_cursor_that_was_not_handed_out_is_a_clear_bad_request(store: GrantStore):
+    from jitbroker.errors import InvalidRequest
+    from jitbroker.store import AuditQuery
+
+    query = AuditQuery(since=T0 - timedelta(days=1), until=T0)
+    for bad in ("not-base64!!", "eHl6", "MjAzMDA1MDF8bm90LWEta2V5"):
+        with pytest.raises(InvalidRequest, match="cursor"):
+            store.audit_page(query, cursor=bad)
