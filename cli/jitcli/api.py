@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from jitcli.errors import BrokerError, BrokerUnreachable, InsecureBrokerUrl
+from jitcli.durations import iso_duration, parse_seconds
+from jitcli.errors import BrokerError, BrokerUnreachable, InsecureBrokerUrl, InvalidDuration
 from jitcli.models import Grant
 
 if TYPE_CHECKING:
@@ -26,6 +27,18 @@ IPV4_RETRY_CODES = frozenset({"address_family_mismatch"})
 _TIMEOUT_S = (10.0, 35.0)
 #: Hosts a plain http:// broker URL may name: the bearer token then never leaves this machine.
 _LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def wire_duration(duration: str | int) -> str | int:
+    """A duration as `jit` sends it: text checked against the broker's grammar (InvalidDuration, before any
+    request, when the broker would answer 400) and written as ISO 8601, which every broker version reads;
+    whole seconds as they are."""
+    if isinstance(duration, int):
+        return duration
+    try:
+        return iso_duration(parse_seconds(duration))
+    except ValueError as exc:
+        raise InvalidDuration(str(exc), hint="e.g. 30m, 2h, 1h30m or PT1H30M") from None
 
 
 def check_broker_url(url: str) -> str:
@@ -116,6 +129,8 @@ class BrokerClient:
         """Open a port (201 new, 200 existing grant extended, 202 accepted and still `pending`: poll it with
         `poll_grant`); retried over IPv4 when the broker says so."""
         body = {k: v for k, v in request.items() if v is not None}
+        if "duration" in body:
+            body["duration"] = wire_duration(body["duration"])
         try:
             answer = self.call("POST", "/api/v1/grants", body)
         except BrokerError as exc:
@@ -157,7 +172,7 @@ class BrokerClient:
 
     def extend(self, grant_id: str, duration: str | int | None) -> tuple[Grant, Answer]:
         """Extend a grant, within the policy's maximum total (200, or 202 and `pending`: poll it)."""
-        body = {"duration": duration} if duration is not None else {}
+        body = {"duration": wire_duration(duration)} if duration is not None else {}
         answer = self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/extend", body)
         return Grant.from_json(answer.body), answer
 

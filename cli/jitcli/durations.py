@@ -1,30 +1,89 @@
-"""Durations and timestamps as the broker writes them (docs/api.md), read on the client side."""
+"""Durations in the broker's grammar, and timestamps as the broker writes them (docs/api.md).
+
+The duration grammar is the broker's own (jitbroker/durations.py), copied because the CLI installs without the
+broker; one table of cases (tests/duration_cases.json) that both sides' tests read keeps the copies identical.
+Accepted, case-insensitive, surrounding blanks ignored, whole numbers only:
+
+- ISO 8601: `PT30M`, `PT1H30M`, `P1DT2H`, `P1D` (days, hours, minutes, seconds; no years, months or weeks);
+- compact: `30m`, `2h`, `45s`, `1d`, and combinations in descending order, each unit once: `1h30m`, `1d12h`;
+- a whole number of seconds: `90`.
+
+Decimals (`1.5h`) are refused with a message that says how to write them; the result must be longer than zero
+and at most 366 days.
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
 
+_NUMBER = r"(?:\d+)"
 _ISO = re.compile(
-    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$",
-    re.IGNORECASE,
+    rf"P(?:(?P<d>{_NUMBER})D)?(?:T(?:(?P<h>{_NUMBER})H)?(?:(?P<m>{_NUMBER})M)?(?:(?P<s>{_NUMBER})S)?)?",
+    re.IGNORECASE | re.ASCII,
 )
-_SHORT = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
-_UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_COMPACT = re.compile(
+    rf"(?:(?P<d>{_NUMBER})d)?(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?",
+    re.IGNORECASE | re.ASCII,
+)
+_SECONDS = re.compile(_NUMBER, re.ASCII)
+_DECIMAL = re.compile(r"\d[.,]\d|[.,]\d", re.ASCII)
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+#: The longest duration the broker accepts.
+LONGEST_SECONDS = 366 * 86400
+#: Digits a number may have before it is certainly too long (and before int() could be slow).
+_MAX_DIGITS = 12
+FORMS = "ISO 8601 (PT30M, PT1H30M), a short form (30m, 2h, 1h30m, 90s) or a whole number of seconds"
 
 
-def parse_seconds(text: str) -> float:
-    """Seconds in `30m`, `1h30m`, `90s`, `PT30M` or `45`; ValueError names the accepted forms otherwise."""
-    value = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        return float(value)
-    iso = _ISO.match(value)
-    if iso and value.upper() not in ("P", "PT") and any(iso.groupdict().values()):
-        parts = iso.groupdict()
-        return sum(float(parts[k] or 0) * _UNIT[k] for k in ("d", "h", "m", "s"))
-    if value and _SHORT.sub("", value).strip() == "":
-        return sum(float(n) * _UNIT[u.lower()] for n, u in _SHORT.findall(value))
-    raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 2h, 90s, PT30M or seconds)")
+def parse_seconds(text: str, *, what: str = "duration") -> int:
+    """Whole seconds in `30m`, `1h30m`, `90s`, `PT30M` or `45`; ValueError names the accepted forms else."""
+    seconds = _seconds(text, what)
+    if seconds <= 0:
+        raise ValueError(f"{what} must be longer than zero, got {text!r}")
+    if seconds > LONGEST_SECONDS:
+        raise ValueError(f"{what} {text!r} is longer than any policy allows (at most 366 days)")
+    return seconds
+
+
+def iso_duration(seconds: int) -> str:
+    """Whole seconds as ISO 8601 (`PT1H30M`), the form the broker's API documents."""
+    days, seconds = divmod(int(seconds), 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    time = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
+    text = "P" + (f"{days}D" if days else "") + (f"T{time}" if time else "")
+    return text if text != "P" else "PT0S"
+
+
+def _seconds(value: str, what: str) -> int:
+    """The whole seconds `value` spells (possibly zero or too long: the caller checks the bounds)."""
+    text = value.strip()
+    if _SECONDS.fullmatch(text):
+        return _number(text)
+    iso = _ISO.fullmatch(text)
+    # `P` alone, or a `T` with no hours, minutes or seconds after it, says nothing.
+    if iso and any(iso.groups()) and ("T" not in text.upper() or any(iso.group("h", "m", "s"))):
+        return _total(iso.groupdict())
+    compact = _COMPACT.fullmatch(text)
+    if compact and any(compact.groups()):
+        return _total(compact.groupdict())
+    if _DECIMAL.search(text):
+        raise ValueError(
+            f"{what} {value!r} is not a duration: use whole numbers (1h30m rather than 1.5h, 90s rather than "
+            f"1.5m), in {FORMS}"
+        )
+    raise ValueError(f"{what} {value!r} is not a duration: use {FORMS}")
+
+
+def _total(parts: dict[str, str | None]) -> int:
+    return sum(_number(n) * _UNIT_SECONDS[unit] for unit, n in parts.items() if n is not None)
+
+
+def _number(digits: str) -> int:
+    """An int, or one certainly beyond the longest duration when it has too many digits to bother."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= _MAX_DIGITS else LONGEST_SECONDS + 1
 
 
 def parse_time(text: str) -> datetime:

@@ -4,6 +4,7 @@ CliError                  anything `jit` reports and exits on
 ├── ConfigError           a setting is missing or malformed
 │   └── InsecureBrokerUrl a plain http:// broker URL that is not on this machine
 ├── AuthError             no token could be obtained
+├── InvalidDuration       a duration the broker would refuse (400), caught before asking it
 ├── BrokerError           the broker answered with an error body (status, code, message)
 ├── BrokerUnreachable     no HTTP answer at all (DNS, refused, TLS, timeout)
 ├── GrantFailed           a grant the broker accepted (202) ended failed (or closed) instead of active
@@ -63,6 +64,14 @@ class AuthError(CliError):
 
     exit_code = ExitCode.AUTH
     code = "auth_error"
+
+
+class InvalidDuration(CliError):
+    """A duration outside the grammar the broker shares with `jit` (jitcli.durations): refused before any
+    request, with the exit code and error code the broker's 400 would have given."""
+
+    exit_code = ExitCode.INVALID_REQUEST
+    code = "invalid_request"
 
 
 class BrokerError(CliError):
