@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     unset = actions.add_parser("unset", help="remove a setting from the config file", parents=[common])
     unset.add_argument("key", metavar="KEY")
     actions.add_parser("path", help="print the config file's path", parents=[common])
+
+    completion = add("completion", "print a shell completion script (bash, zsh or fish; see cli/README.md)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
     return parser
 
 
@@ -139,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command not in ("ssh", "rdp"):
         parser.error(f"arguments after -- are only for ssh and rdp, not {args.command}")
     args.extra = extra
+    if args.command == "completion":
+        # Needs no settings, broker or token: a broken config file must not break the shell's completion.
+        from jitcli.completion import script
+
+        sys.stdout.write(script(args.shell, parser))
+        return 0
     return _run(args)
 
 
