@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jitcli.errors import AuthError, ConfigError
+from jitcli.signin import InteractiveCredential, RememberedSignIn, SignInStore
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -102,24 +103,31 @@ def _azure_credential(mode: str, settings: Settings) -> TokenCredential:
     if client:
         interactive_args["client_id"] = client
 
-    def device_code() -> DeviceCodeCredential:
+    # Browser and device-code sign-in are remembered between runs (jitcli.signin, setting token_cache).
+    store = SignInStore.for_settings(settings)
+
+    def remembered(make: Callable[..., InteractiveCredential]) -> TokenCredential:
+        return RememberedSignIn(make, store, client_id=client or _AZURE_CLI_CLIENT_ID, tenant_id=tenant)
+
+    def device_code(**remember: Any) -> DeviceCodeCredential:
         # The device-code prompt goes to stderr so `--json` output on stdout stays clean.
         def prompt(verification_uri: str, user_code: str, _expires: object) -> None:
             print(f"To sign in, open {verification_uri} and enter the code {user_code}", file=sys.stderr)
 
         return DeviceCodeCredential(
-            tenant_id=tenant, client_id=client or _AZURE_CLI_CLIENT_ID, prompt_callback=prompt
+            tenant_id=tenant, client_id=client or _AZURE_CLI_CLIENT_ID, prompt_callback=prompt, **remember
         )
+
+    def browser(**remember: Any) -> InteractiveBrowserCredential:
+        return InteractiveBrowserCredential(**interactive_args, **remember)
 
     if mode == "azure-cli":
         return AzureCliCredential(tenant_id=tenant or "")
     if mode == "device-code":
-        return device_code()
+        return remembered(device_code)
     if mode == "browser":
-        return InteractiveBrowserCredential(**interactive_args)
-    interactive: TokenCredential = InteractiveBrowserCredential(**interactive_args)
-    if not _has_browser():
-        interactive = device_code()
+        return remembered(browser)
+    interactive = remembered(browser if _has_browser() else device_code)
     return ChainedTokenCredential(
         AzureCliCredential(tenant_id=tenant or ""),
         AzureDeveloperCliCredential(tenant_id=tenant or ""),

@@ -45,6 +45,12 @@ KEYS: dict[str, Key] = {
             "browser, or lab",
             "azure",
         ),
+        Key(
+            "token_cache",
+            "where browser / device-code sign-in is remembered: keyring (the OS's encrypted store; in memory "
+            "when there is none), keyring-or-file (else an unencrypted file only you can read), or memory",
+            "keyring",
+        ),
         Key("lab_issuer", "lab only: the lab token issuer's base URL (with auth = lab)"),
         Key("lab_user", "lab only: the scenario user the lab issuer signs tokens for (with auth = lab)"),
         Key("resource_group", "default resource group of the VMs you ask for"),
