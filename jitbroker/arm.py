@@ -4,6 +4,7 @@ that retries them (through `jitbroker.retry`) and turns what is left into the br
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from jitbroker import telemetry
 from jitbroker.errors import InvalidRequest, NsgLocked, UpstreamError, UpstreamThrottled
 from jitbroker.retry import retry
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -115,6 +119,15 @@ def arm_call(
     `what` names the step for a person ("reading VM web-01"); ARM's own messages may contain ids, so only
     the error code is repeated.
     """
+    also_on_retry: Callable[[BaseException, int, float], None] | None = retry_options.pop("on_retry", None)
+
+    def on_retry(err: BaseException, attempt: int, delay: float) -> None:
+        code = _metric_code(err)
+        telemetry.arm_retry(code)
+        _observe_throttling(err, code, what)
+        if also_on_retry is not None:
+            also_on_retry(err, attempt, delay)
+
     try:
         return retry(
             fn,
@@ -123,6 +136,7 @@ def arm_call(
             max_delay=max_delay,
             retry_on=retry_on,
             sleep=sleep,
+            on_retry=on_retry,
             **retry_options,
         )
     except ResourceNotFoundError:
@@ -137,7 +151,19 @@ def arm_call(
                 "the lock or to take the VM out of just-in-time access"
             ) from err
         if is_throttled(err):
+            _observe_throttling(err, _metric_code(err), what)
             raise UpstreamThrottled(
                 f"Azure is throttling the broker ({code}) while {what}; retry later"
             ) from err
         raise UpstreamError(f"Azure failed while {what} ({code})") from err
+
+
+def _metric_code(err: BaseException) -> str:
+    """A low-cardinality name for an ARM answer: its error code, else its HTTP status, else the error type."""
+    return error_code(err) or str(getattr(err, "status_code", None) or type(err).__name__)
+
+
+def _observe_throttling(err: BaseException, code: str, what: str) -> None:
+    if is_throttled(err):
+        telemetry.arm_throttle(code)
+        log.warning("arm throttled", extra={"code": code, "what": what})

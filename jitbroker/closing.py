@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
+from jitbroker import telemetry
 from jitbroker.errors import Conflict, NotFound
 from jitbroker.identity.principal import Principal
 from jitbroker.model import AuditEvent, Grant, GrantStatus, Opening
@@ -124,7 +126,7 @@ class Closer:
         report = CloseReport()
         todo = [g for g in grants if g.status.is_open]
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
-            outcomes = pool.map(lambda g: self._try_close(g, status, reason), todo)
+            outcomes = pool.map(telemetry.carry(partial(self._try_close, status=status, reason=reason)), todo)
             for grant, outcome in zip(todo, outcomes, strict=True):
                 if isinstance(outcome, Grant):
                     if outcome.status is status:
@@ -137,7 +139,7 @@ class Closer:
                     report.errors.append(f"grant {grant.id}: {type(outcome).__name__}: {outcome}")
             nsgs = sorted({n.lower(): n for g in todo for n in g.nsg_ids}.values())
             report.nsgs = len(nsgs)
-            for failure in pool.map(self._pass, nsgs):
+            for failure in pool.map(telemetry.carry(self._pass), nsgs):
                 if failure is not None:
                     report.errors.append(failure)
         return report
@@ -165,6 +167,9 @@ class Closer:
             port=grant.port if grant else port,
             reason=reason,
             detail=detail,
+        )
+        telemetry.audit_record(
+            event, status=grant.status if grant else None, vm_name=grant.vm_name if grant else None
         )
         try:
             self._store.record(event)

@@ -33,7 +33,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from jitbroker import nsgplan
+from jitbroker import nsgplan, telemetry
 from jitbroker.arm import LroTimeout, arm_call, error_code, is_retryable, parse_id
 from jitbroker.clients import AzureClients
 from jitbroker.errors import NotFound, UpstreamError
@@ -168,7 +168,10 @@ class NsgReconciler:
             if not flight.running:
                 flight.running = True
                 threading.Thread(
-                    target=self._fly, args=(nsg_id, flight), name=f"nsg-{_short(nsg_id)}", daemon=True
+                    target=telemetry.carry(self._fly),  # the starter's invocation and trace follow the pass
+                    args=(nsg_id, flight),
+                    name=f"nsg-{_short(nsg_id)}",
+                    daemon=True,
                 ).start()
             return flight, flight.tickets
 
@@ -197,11 +200,14 @@ class NsgReconciler:
                     flight.running = False
                     return
                 covering = flight.tickets  # every ticket up to here was taken before this pass's GET
+                callers = covering - flight.served
             outcome: tuple[PassResult | None, BaseException | None]
+            writes = telemetry.nsg_writes_in_thread()
             try:
                 outcome = (self._pass(nsg_id, trim=False), None)
             except BaseException as err:  # every caller this pass covered must hear about it
                 outcome = (None, err)
+            telemetry.nsg_pass(telemetry.nsg_writes_in_thread() - writes, callers)
             with flight.cond:
                 flight.outcomes[covering] = outcome
                 flight.served = covering
@@ -287,6 +293,7 @@ class NsgReconciler:
         )
         with self._lock:
             self.writes += 1
+        telemetry.nsg_write()
         poller.wait(timeout=self._lro_timeout)
         if not poller.done():
             raise LroTimeout(f"ARM did not finish writing NSG {_short(nsg_id)} within {self._lro_timeout:g}s")

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from jitbroker import telemetry
 from jitbroker.closing import Closer
 from jitbroker.model import AuditEvent, Grant, GrantStatus
 from jitbroker.reconciler import PassResult
-from jitbroker.rules import as_rule_view
+from jitbroker.rules import as_rule_view, rule_expiry
 
 if TYPE_CHECKING:
     from jitbroker.store import PendingRow
@@ -77,6 +78,7 @@ class Sweeper:
         budget_seconds: float = 90.0,
         workers: int = 8,
         monotonic: Callable[[], float] = time.monotonic,
+        interval_seconds: float = 60.0,
     ) -> None:
         self._closer = closer
         self._store = store
@@ -87,28 +89,54 @@ class Sweeper:
         self._budget = budget_seconds
         self._workers = workers
         self._monotonic = monotonic
+        self._interval = interval_seconds  # the sweep schedule's period: a rule older than this is overdue
 
     def run(self) -> SweepReport:
         """One sweep within the budget: due grants, stale pending grants, then orphan broker rules."""
-        report = SweepReport()
-        deadline = self._monotonic() + self._budget
-        self._expire_due(report, deadline)
-        self._undo_stale_pending(report, deadline)
-        self._remove_orphans(report, deadline)
-        report.out_of_time = self._monotonic() > deadline
-        log.info("sweep: %s", report)
+        with telemetry.span("jit.sweep") as span:
+            started = self._monotonic()
+            try:
+                report = SweepReport()
+                deadline = started + self._budget
+                lag = self._expire_due(report, deadline)
+                self._undo_stale_pending(report, deadline)
+                self._remove_orphans(report, deadline)
+                report.out_of_time = self._monotonic() > deadline
+            except Exception:
+                log.exception("sweep failed")
+                raise
+            log.info("sweep: %s", report)
+            duration = self._monotonic() - started
+            done = {
+                "expired": report.expired,
+                "undone": report.undone,
+                "orphans_removed": report.orphans_removed,
+                "errors": len(report.errors),
+                "duration_ms": round(duration * 1000),
+                "lag_s": round(lag, 3),
+                "out_of_time": report.out_of_time,
+            }
+            log.info("sweep done", extra=done)
+            span.set(**{f"jit.sweep.{k}": v for k, v in done.items()})
+            telemetry.sweep_measured(duration, lag)
         return report
 
-    def _expire_due(self, report: SweepReport, deadline: float) -> None:
+    def _expire_due(self, report: SweepReport, deadline: float) -> float:
+        """Close due grants; return the lag at the start (now - the oldest due grant's expiry), in seconds."""
+        lag: float | None = None
         while self._monotonic() < deadline:
             now = self._clock()
             due = [g for g in self._store.due(before=now, limit=self._batch) if g.expires_at <= now]
+            if lag is None:
+                oldest = min((g.expires_at for g in due), default=now)
+                lag = max(0.0, (now - oldest).total_seconds())
             if not due:
-                return
+                return lag
             closed = self._close(due, GrantStatus.EXPIRED, "expired", report)
             report.expired += closed
             if closed == 0 or len(due) < self._batch:
-                return  # nothing moved (someone else is on it), or that was the last batch
+                return lag  # nothing moved (someone else is on it), or that was the last batch
+        return lag or 0.0
 
     def _undo_stale_pending(self, report: SweepReport, deadline: float) -> None:
         now = self._clock()
@@ -139,6 +167,8 @@ class Sweeper:
         """Every NSG the broker wrote to loses the broker sources no open grant recorded for it holds."""
         nsgs = sorted(self._store.nsgs_touched())
         random.shuffle(nsgs)  # a run that runs out of time leaves different NSGs for the next one
+        open_ids: set[str] = set()  # open grants the passes saw: the jit.grants.open gauge, at no extra read
+        seen: list[bool] = []
 
         def visit(nsg_id: str) -> None:
             if self._monotonic() > deadline:
@@ -153,9 +183,14 @@ class Sweeper:
             report.orphans_removed += len(result.plan.removed)
             report.orphans_trimmed += len(result.plan.trimmed)
             self._audit_orphans(nsg_id, result)
+            open_ids.update(g for rule in result.desired.rules.values() for g in rule.grant_ids)
+            open_ids.update(result.desired.refused)
+            seen.append(True)
 
         with ThreadPoolExecutor(max_workers=max(1, self._workers), thread_name_prefix="orphans") as pool:
-            list(pool.map(visit, nsgs))
+            list(pool.map(telemetry.carry(visit), nsgs))
+        if len(seen) == len(nsgs):
+            telemetry.open_grants_seen(len(open_ids))
 
     def _audit_orphans(self, nsg_id: str, result: PassResult) -> None:
         if not result.wrote:
@@ -165,22 +200,30 @@ class Sweeper:
             for r in (result.nsg.get("properties") or {}).get("securityRules") or []
         }
         now = self._clock()
+        for name in result.plan.removed:
+            expiry = rule_expiry(name)
+            overdue = (now - expiry).total_seconds() if expiry is not None else 0.0
+            if overdue > self._interval:
+                log.warning(
+                    "orphan rule outlived its grant",
+                    extra={"rule": name, "nsg": nsg_id, "overdue_s": round(overdue, 3)},
+                )
         for name, detail in [(n, "deleted") for n in result.plan.removed] + [
             (n, "trimmed") for n in result.plan.trimmed
         ]:
             view = before.get(name)
+            event = AuditEvent(
+                kind="orphan_removed",
+                at=now,
+                grant_id=None,
+                principal=None,
+                source=",".join(view.source_prefixes)[:400] if view else None,
+                vm_id=None,
+                port=None,
+                reason=f"rule {name} in {nsg_id}: {detail}",
+            )
+            telemetry.audit_record(event)
             try:
-                self._store.record(
-                    AuditEvent(
-                        kind="orphan_removed",
-                        at=now,
-                        grant_id=None,
-                        principal=None,
-                        source=",".join(view.source_prefixes)[:400] if view else None,
-                        vm_id=None,
-                        port=None,
-                        reason=f"rule {name} in {nsg_id}: {detail}",
-                    )
-                )
+                self._store.record(event)
             except Exception:
                 log.exception("could not audit the removal of orphan rule %s", name)
