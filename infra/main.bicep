@@ -108,6 +108,22 @@ param maxSourcePrefixV6 int = 128
 @description('Seconds the broker caches a VM\'s network topology.')
 param topologyCacheSeconds int = 60
 
+@description('App role that may name a source other than the caller\'s own address (on any VM; inside its jit-sources allow-list when it has one).')
+param sourceOverrideRole string = 'JIT.SourceOverride'
+
+@description('Let private ranges (RFC 1918, 100.64.0.0/10, fc00::/7) be sources: only for callers who reach the VMs over a private network (VPN, ExpressRoute).')
+param allowPrivateSources bool = false
+
+@minValue(1)
+@maxValue(1000)
+@description('Most open grants one person may hold at once.')
+param maxOpenGrantsPerPrincipal int = 10
+
+@minValue(1)
+@maxValue(100)
+@description('Most distinct sources one person\'s open grants may let in at once.')
+param maxSourcesPerPrincipal int = 3
+
 @description('Six-field NCRONTAB schedule (UTC) of the sweeper that closes expired grants.')
 param sweepSchedule string = '0 * * * * *'
 
@@ -261,6 +277,12 @@ var brokerSettings = {
   JIT_MAX_SOURCE_PREFIX_V6: string(maxSourcePrefixV6)
   JIT_CLIENT_ADDRESS_FROM: 'x-forwarded-for'
   JIT_TOPOLOGY_CACHE_SECONDS: string(topologyCacheSeconds)
+  JIT_SOURCE_OVERRIDE_ROLE: sourceOverrideRole
+  JIT_ALLOW_PRIVATE_SOURCES: allowPrivateSources ? 'true' : 'false'
+  // Lab and test networks only: in Azure a source is a global address (or a private one, allowPrivateSources).
+  JIT_EXTRA_SOURCE_RANGES: ''
+  JIT_MAX_OPEN_GRANTS_PER_PRINCIPAL: string(maxOpenGrantsPerPrincipal)
+  JIT_MAX_SOURCES_PER_PRINCIPAL: string(maxSourcesPerPrincipal)
   JIT_ARM_ENDPOINT: environment().resourceManager
   JIT_ARM_POLL_SECONDS: armPollSeconds
   JIT_ARM_TIMEOUT_SECONDS: armTimeoutSeconds

@@ -28,6 +28,7 @@ from jitbroker.errors import JitError, NotAuthenticated
 from jitbroker.grants import GrantRequest, GrantService, VmSummary
 from jitbroker.identity import Principal, bearer_token, caller_address
 from jitbroker.model import Grant, GrantStatus
+from jitbroker.policy import may_name_sources
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ class WhoAmI(BaseModel):
     roles: list[str]
     is_admin: bool
     address: str | None
+    may_name_sources: bool = Field(
+        description="you hold the role that lets you name a source other than your own address on any VM "
+        "(inside the VM's jit-sources allow-list when it has one); without it, only VMs whose jit-sources "
+        "tag lists the source let you name it"
+    )
 
 
 class Health(BaseModel):
@@ -225,7 +231,7 @@ def _iso(value: datetime) -> str:
 # -- the app -----------------------------------------------------------------------------------------------
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 502, 503)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429, 502, 503)
 }
 _grant_id = PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 _bearer = HTTPBearer(
@@ -298,7 +304,8 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
     )
     def request_grant(body: GrantIn, principal: Caller, request: Request) -> JSONResponse:
         """Open a port for the caller (201), extend the caller's open grant for the same thing (200), or
-        answer within the time budget with the grant still pending (202, poll `Location`)."""
+        answer within the time budget with the grant still pending (202, poll `Location`). A new grant beyond
+        the per-person limits is refused with 429 and `Retry-After`."""
         ask = GrantRequest(
             vm=body.vm,
             resource_group=body.resource_group,
@@ -366,6 +373,7 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
             roles=sorted(principal.roles),
             is_admin=settings.admin_role in principal.roles,
             address=seen,
+            may_name_sources=may_name_sources(principal.roles, settings),
         )
 
     return app
@@ -385,6 +393,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_jit_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, JitError)
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticated) else None
+        if exc.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
         if exc.status >= 500:
             log.warning("request failed: %s: %s", exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message, headers)

@@ -5,6 +5,7 @@ The names are exactly those of `local.settings.sample.json`; that file and this 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from jitbroker.errors import InvalidRequest
 T = TypeVar("T")
 
 ADDRESS_SOURCES = ("x-forwarded-for", "peer")
+SourceRange = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,11 @@ class Settings:
     max_source_prefix_v6: int
     client_address_from: str
     topology_cache_seconds: int
+    source_override_role: str
+    allow_private_sources: bool
+    extra_source_ranges: tuple[SourceRange, ...]
+    max_open_grants_per_principal: int
+    max_sources_per_principal: int
 
     arm_endpoint: str
     table_endpoint: str | None
@@ -97,6 +104,13 @@ class Settings:
             max_source_prefix_v6=reader.integer("JIT_MAX_SOURCE_PREFIX_V6", "128", low=32, high=128),
             client_address_from=reader.choice("JIT_CLIENT_ADDRESS_FROM", ADDRESS_SOURCES, "x-forwarded-for"),
             topology_cache_seconds=reader.integer("JIT_TOPOLOGY_CACHE_SECONDS", "60", low=0, high=3600),
+            source_override_role=reader.text("JIT_SOURCE_OVERRIDE_ROLE", "JIT.SourceOverride"),
+            allow_private_sources=reader.parse("JIT_ALLOW_PRIVATE_SOURCES", _boolean, "false"),
+            extra_source_ranges=reader.parse("JIT_EXTRA_SOURCE_RANGES", _source_ranges, ""),
+            max_open_grants_per_principal=reader.integer(
+                "JIT_MAX_OPEN_GRANTS_PER_PRINCIPAL", "10", low=1, high=1000
+            ),
+            max_sources_per_principal=reader.integer("JIT_MAX_SOURCES_PER_PRINCIPAL", "3", low=1, high=100),
             arm_endpoint=reader.url("JIT_ARM_ENDPOINT", "https://management.azure.com"),
             table_endpoint=reader.optional("JIT_TABLE_ENDPOINT"),
             table_connection_string=reader.optional("JIT_TABLE_CONNECTION_STRING"),
@@ -262,6 +276,36 @@ def _scopes(raw: str) -> tuple[str, ...]:
         if not shape_ok or (len(parts) == 5 and parts[3].lower() != "resourcegroups") or "" in parts[1:]:
             raise ValueError(f"{scope!r} is not /subscriptions/<id>[/resourceGroups/<name>]")
     return scopes
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _source_ranges(raw: str) -> tuple[SourceRange, ...]:
+    """Address ranges a lab or test network lets in as sources although they are not global unicast."""
+    from jitbroker.policy import NEVER_SOURCES  # here, not at the top: policy imports this module
+
+    ranges: list[SourceRange] = []
+    for part in raw.replace(";", ",").replace(" ", ",").split(","):
+        if not part.strip():
+            continue
+        try:
+            network = ipaddress.ip_network(part.strip(), strict=True)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a CIDR prefix without host bits") from None
+        if network.prefixlen < (8 if network.version == 4 else 16):
+            raise ValueError(f"{network} is wider than /8 (IPv4) or /16 (IPv6)")
+        for never, what in NEVER_SOURCES:
+            if never.version == network.version and network.overlaps(never):
+                raise ValueError(f"{network} overlaps {never}, which is never a source ({what})")
+        ranges.append(network)
+    return tuple(ranges)
 
 
 def _table_prefix(raw: str) -> str:

@@ -2,13 +2,15 @@
 
     JitError                      500 internal_error
     ├── InvalidRequest            400 invalid_request
-    │   └── PayloadTooLarge       413 payload_too_large
+    │   ├── PayloadTooLarge       413 payload_too_large
+    │   └── SourceNotRoutable     400 source_not_routable
     ├── NotAuthenticated          401 unauthenticated
     ├── NotAllowed                403 forbidden
     │   ├── VmNotEligible         403 vm_not_eligible
     │   ├── UserTokenRequired     403 user_token_required
     │   ├── InsufficientScope     403 insufficient_scope
-    │   └── ClientAppNotAllowed   403 client_app_not_allowed
+    │   ├── ClientAppNotAllowed   403 client_app_not_allowed
+    │   └── SourceNotAllowed      403 source_not_allowed
     ├── NotFound                  404 not_found
     ├── Conflict                  409 conflict
     │   ├── VmNotRunning          409 vm_not_running
@@ -16,10 +18,13 @@
     │   ├── AddressFamilyMismatch 409 address_family_mismatch
     │   ├── AddressAmbiguous      409 address_ambiguous
     │   └── NsgLocked             409 nsg_locked
+    ├── TooManyGrants             429 too_many_grants
+    │   └── TooManySources        429 too_many_sources
     └── UpstreamError             502 upstream_error
         └── UpstreamThrottled     503 upstream_throttled
 
-Nothing below the API knows about HTTP beyond these two class attributes.
+Nothing below the API knows about HTTP beyond these two class attributes (and `retry_after`, the seconds after
+which asking again may succeed, which the API sends as `Retry-After`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class JitError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    retry_after: int | None = None  # seconds after which asking again may succeed, when waiting helps
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -144,3 +150,36 @@ class ClientAppNotAllowed(NotAllowed):
     """The token was obtained through a client application the broker is not configured to accept: 403."""
 
     code = "client_app_not_allowed"
+
+
+class SourceNotRoutable(InvalidRequest):
+    """The source is no internet address a rule should let in (loopback, private, link-local, reserved,
+    Azure's platform address), whether the caller named it or it is the address the broker sees for them."""
+
+    code = "source_not_routable"
+
+
+class SourceNotAllowed(NotAllowed):
+    """The caller named a source other than their own address without the permission to (the override role or
+    the VM's `jit-sources` allow-list), or outside the VM's allow-list."""
+
+    code = "source_not_allowed"
+
+
+class TooManyGrants(JitError):
+    """The caller already holds as many open grants as one person may: 429, asking again helps once one ends.
+
+    `retry_after` is the number of seconds until that happens (the soonest of their grants expires)."""
+
+    status = 429
+    code = "too_many_grants"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManySources(TooManyGrants):
+    """The caller's open grants already let in as many distinct sources as one person may: 429."""
+
+    code = "too_many_sources"

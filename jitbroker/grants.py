@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from jitbroker import policy, rules
+from jitbroker.arm import error_code
 from jitbroker.closing import Closer
 from jitbroker.config import Settings
 from jitbroker.durations import format_duration
@@ -31,6 +34,8 @@ from jitbroker.errors import (
     JitError,
     NotAllowed,
     NotFound,
+    TooManyGrants,
+    TooManySources,
     UpstreamError,
     VmNotEligible,
 )
@@ -63,6 +68,7 @@ class TopologyPort(Protocol):
 
     def resolve(self, vm_id: str) -> VmTopology: ...
     def list_vms(self, scope: str) -> list[VmTopology]: ...
+    def invalidate(self, vm_id: str | None = None) -> None: ...
 
 
 class ReconcilerPort(Protocol):
@@ -197,10 +203,9 @@ class GrantService:
         A grant still `pending` when returned is being written; its `GET` finishes it."""
         try:
             return self._request(principal, caller, ask)
-        except (NotAllowed, InvalidRequest, NotFound, Conflict) as err:
-            self._closer.audit(
-                "denied", None, principal, source=ask.source, reason=f"{err.code}: {err.message}"
-            )
+        except (NotAllowed, InvalidRequest, NotFound, Conflict, TooManyGrants) as err:
+            source = ask.source if ask.source is not None else (str(caller) if caller is not None else None)
+            self._closer.audit("denied", None, principal, source=source, reason=f"{err.code}: {err.message}")
             raise
 
     def _request(
@@ -217,13 +222,17 @@ class GrantService:
         justification = policy.check_justification(vm_policy, ask.justification)
         policy.require_running(vm)
         policy.require_nsg(vm)
-        source = policy.choose_source(caller, ask.source, settings)
+        choice = policy.choose_source(
+            caller, ask.source, settings, roles=principal.roles, vm_policy=vm_policy, vm_name=vm.name
+        )
+        source = choice.network
         private_ip = policy.choose_private_ip(vm, source)
         now = self._clock().replace(microsecond=0)  # whole seconds, as rule names carry them
 
         existing = self._open_on_path(principal.oid, vm, port, str(source), private_ip=private_ip, now=now)
         if existing is not None:
             return self._extend(existing, duration, now), False
+        self._require_within_limits(principal, str(source), now)
 
         grant = Grant(
             id=self._new_id(),
@@ -244,7 +253,12 @@ class GrantService:
         )
         # Each event is written ahead of the record change it reports: a broker that dies between the two
         # leaves the event (the sweeper then finishes the record), never a record with no event.
-        self._closer.audit("requested", grant, principal, detail=justification)
+        named = (
+            f"source named by {principal.display_name} ({principal.oid}), allowed by {choice.named_via}"
+            if choice.named
+            else None
+        )
+        self._closer.audit("requested", grant, principal, reason=named, detail=justification)
         grant = self._store.create(grant)
         try:
             self._store.open_rows(grant)
@@ -254,6 +268,37 @@ class GrantService:
         except Exception as err:
             raise self._fail(grant, err) from err
         return self._settle(grant), True
+
+    def _require_within_limits(self, principal: Principal, source: str, now: datetime) -> None:
+        """A new grant must keep the caller within the per-person limits on open grants and distinct sources
+        (a re-request that extends an open grant never gets here). Concurrent requests by one person may
+        each pass before either is recorded: the limits hold to within the requests in flight."""
+        settings = self._settings
+        mine = [
+            g
+            for g in self._store.list_for_principal(principal.oid)
+            if g.status.is_open and g.expires_at > now
+        ]
+        if len(mine) >= settings.max_open_grants_per_principal:
+            soonest = min(g.expires_at for g in mine)
+            raise TooManyGrants(
+                f"you already hold {len(mine)} open grants, the most one person may hold at once; revoke one "
+                f"you no longer need or ask again when the next one ends, at {_hhmmss(soonest)}",
+                retry_after=_seconds_until(soonest, now),
+            )
+        ends: dict[str, datetime] = {}  # each distinct source -> when the last open grant for it ends
+        for g in mine:
+            key = _source_key(g.source)
+            ends[key] = max(ends.get(key, g.expires_at), g.expires_at)
+        if _source_key(source) not in ends and len(ends) >= settings.max_sources_per_principal:
+            soonest = min(ends.values())
+            raise TooManySources(
+                f"your open grants already let in {len(ends)} different sources ("
+                + ", ".join(sorted(ends))
+                + "), the most one person may have at once; revoke the grants of a source you no longer use "
+                f"or ask again when one source's grants end, at {_hhmmss(soonest)}",
+                retry_after=_seconds_until(soonest, now),
+            )
 
     def _open_on_path(
         self, oid: str, vm: VmTopology, port: int, source: str, *, private_ip: str, now: datetime
@@ -348,7 +393,15 @@ class GrantService:
             )
         if not policy.in_allowed_scope(vm_id, self._settings.allowed_scopes):
             raise VmNotEligible("that VM is outside the subscriptions and resource groups this broker serves")
-        return self._topology.resolve(vm_id)
+        vm_name = vm_id.rsplit("/", 1)[-1]
+        if not _is_vm_name(vm_name):
+            raise InvalidRequest(_bad_vm_name(vm_name))
+        try:
+            return self._topology.resolve(vm_id)
+        except UpstreamError as err:
+            if _arm_refused_the_name(err):
+                raise InvalidRequest(_bad_vm_name(vm_name)) from err
+            raise
 
     def _find_vm_by_name(self, name: str, resource_group: str | None, subscription: str | None) -> VmTopology:
         matches: dict[str, VmTopology] = {}
@@ -375,18 +428,31 @@ class GrantService:
     # -- extend ----------------------------------------------------------------------------------------------
 
     def extend(self, principal: Principal, grant_id: str, duration: timedelta) -> Grant:
-        """Push an open grant's expiry to now + duration, never past the policy's maximum total."""
+        """Push an open grant's expiry to now + duration, never past the policy's maximum total.
+
+        An extend re-checks what a request checks, with the same refusals: the requester role, the VM's scope,
+        opt-in (`jit-ports` still lists the grant's port), `jit-required-role` and power state, read fresh
+        from ARM (not from the topology cache), so a role or tag removed a moment ago ends the renewals. Only
+        the grant's owner may extend it: an admin's token says nothing about whether the owner may still have
+        the door open, so admins revoke other people's grants but do not extend them. The source was checked
+        when the grant was made and an extend never changes it."""
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "extend")
+        if grant.principal != principal.oid:
+            raise NotAllowed(
+                f"only the grant's owner may extend grant {grant.id}: the broker cannot tell from your token "
+                "whether they may still have it (an admin may revoke it)"
+            )
         if not grant.status.is_open:
             raise Conflict(f"grant {grant.id} is {grant.status}; request a new one")
-        limit = self._settings.max_duration
         try:
-            vm_policy = policy.vm_policy(self._topology.resolve(grant.vm_id).tags)
-        except NotFound:
-            vm_policy = None
-        if vm_policy is not None:
-            limit = policy.max_duration(vm_policy, self._settings)
+            vm_policy = self._still_eligible(principal, grant)
+        except (NotAllowed, InvalidRequest, NotFound, Conflict) as err:
+            self._closer.audit(
+                "denied", grant, principal, reason=f"{err.code}: {err.message}", detail="extend"
+            )
+            raise
+        limit = policy.max_duration(vm_policy, self._settings)
         if duration > limit:
             raise InvalidRequest(
                 f"duration {format_duration(duration)} is longer than the maximum {format_duration(limit)}"
@@ -395,6 +461,21 @@ class GrantService:
         if grant.expires_at <= now:
             raise Conflict(f"grant {grant.id} has expired; request a new one")
         return self._extend(grant, duration, now, strict=True)
+
+    def _still_eligible(self, principal: Principal, grant: Grant) -> policy.VmPolicy:
+        """The VM's policy if the owner may still hold the grant (read fresh); else the request's refusal."""
+        settings = self._settings
+        policy.require_requester(principal.roles, settings)
+        self._topology.invalidate(grant.vm_id)  # a tag removed or a VM stopped a moment ago counts
+        vm = self._topology.resolve(grant.vm_id)
+        vm_policy = policy.eligible_policy(vm, principal.roles, settings)
+        if grant.port not in vm_policy.ports:
+            opens = ", ".join(str(p) for p in sorted(vm_policy.ports))
+            raise VmNotEligible(
+                f"port {grant.port} is no longer opted in for VM {vm.name} (it opens {opens})"
+            )
+        policy.require_running(vm)
+        return vm_policy
 
     def _extend(self, grant: Grant, duration: timedelta, now: datetime, *, strict: bool = False) -> Grant:
         expires_at, capped = policy.extended_expiry(
@@ -491,6 +572,51 @@ def _is_vm_id(vm_id: str) -> bool:
         and all(want is None or part.lower() == want for part, want in zip(parts, fixed, strict=False))
         and all(part and part not in (".", "..") for part in parts[1:])
     )
+
+
+# What ARM accepts in a VM's name, loosely (ARM has the last word): 1-64 characters, no whitespace or control
+# characters, none of ARM's forbidden punctuation, not ending in a period or hyphen.
+_VM_NAME_FORBIDDEN = re.compile(r"[\s~!@#$%^&*()=+\[\]{}\\|;:'\",<>/?`]")
+
+
+def _is_vm_name(name: str) -> bool:
+    return (
+        0 < len(name) <= 64
+        and name.isprintable()
+        and not _VM_NAME_FORBIDDEN.search(name)
+        and not name.endswith((".", "-"))
+    )
+
+
+def _bad_vm_name(name: str) -> str:
+    return (
+        f"{name!r} is not a name Azure accepts for a VM (1-64 letters, digits, '_', '.' or '-', not "
+        "ending in '.' or '-'): give the VM's name or its resource id"
+    )
+
+
+def _arm_refused_the_name(err: UpstreamError) -> bool:
+    """ARM answered 400 to reading the VM because of its name (InvalidResourceName and the like): the
+    caller's mistake, not Azure failing."""
+    cause = err.__cause__
+    if cause is None or getattr(cause, "status_code", None) != 400:
+        return False
+    return error_code(cause).startswith("InvalidResource")
+
+
+def _source_key(source: str) -> str:
+    try:
+        return str(ipaddress.ip_network(source, strict=False))
+    except ValueError:
+        return source
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def _hhmmss(moment: datetime) -> str:
+    return moment.strftime("%H:%M:%SZ")
 
 
 def _connect_info(vm: VmTopology, private_ip: str) -> ConnectInfo:

@@ -5,6 +5,17 @@ A VM opts in through tags (names are case-insensitive, as in Azure):
     jit-max-duration            "PT2H"     (optional, tightens the broker-wide maximum)
     jit-required-role           "JIT.Prod" (optional app role the caller must hold)
     jit-justification-required  "true"     (optional)
+    jit-sources                 "203.0.113.0/24,2001:db8:1::/48"  (optional allow-list of sources callers may
+                                           name; when present, every named source must lie inside it)
+
+Sources (docs/design.md §5): by default the source is the caller's own address as the platform reports it.
+Naming another one takes a permission — the app role `JIT_SOURCE_OVERRIDE_ROLE`, or the VM's `jit-sources`
+allow-list — and a named source always lies inside the VM's allow-list when it has one, role or not. Either
+way the source must be a global unicast address: loopback, private (RFC 1918, carrier-grade NAT, unique
+local), link-local, multicast, reserved and documentation ranges and Azure's platform address are refused,
+unless `JIT_ALLOW_PRIVATE_SOURCES` lets the private ranges in or `JIT_EXTRA_SOURCE_RANGES` (a lab's or test
+network's setting) names the range. Unspecified, multicast, link-local, `0.0.0.0/8`, `240.0.0.0/4` and
+`168.63.129.16` are never a source, whatever the settings say.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from jitbroker.errors import (
     NoNetworkSecurityGroup,
     NotAllowed,
     NotFound,
+    SourceNotAllowed,
+    SourceNotRoutable,
     VmNotEligible,
     VmNotRunning,
 )
@@ -31,6 +44,7 @@ TAG_PORTS = "jit-ports"
 TAG_MAX_DURATION = "jit-max-duration"
 TAG_REQUIRED_ROLE = "jit-required-role"
 TAG_JUSTIFICATION = "jit-justification-required"
+TAG_SOURCES = "jit-sources"
 
 PROTOCOL_PORTS = {"ssh": 22, "rdp": 3389}
 _OS_DEFAULT_PROTOCOL = {"linux": "ssh", "windows": "rdp"}
@@ -48,6 +62,9 @@ class VmPolicy:
     max_duration: timedelta | None = None
     required_role: str | None = None
     justification_required: bool = False
+    # The `jit-sources` allow-list: None without the tag; empty when the tag is empty or malformed (then no
+    # source may be named for this VM: a typo never widens what is allowed).
+    sources: tuple[IpNetwork, ...] | None = None
 
 
 def _tag(tags: Mapping[str, str], name: str) -> str | None:
@@ -75,7 +92,22 @@ def vm_policy(tags: Mapping[str, str]) -> VmPolicy | None:
         max_duration=max_duration,
         required_role=_tag(tags, TAG_REQUIRED_ROLE) or None,
         justification_required=(_tag(tags, TAG_JUSTIFICATION) or "").lower() in ("true", "yes", "1"),
+        sources=_allow_list(_tag(tags, TAG_SOURCES)),
     )
+
+
+def _allow_list(value: str | None) -> tuple[IpNetwork, ...] | None:
+    """The `jit-sources` tag's prefixes (comma, semicolon or space separated); () when any is malformed."""
+    if value is None:
+        return None
+    try:
+        return tuple(
+            ipaddress.ip_network(part, strict=True)
+            for part in value.replace(";", ",").replace(" ", ",").split(",")
+            if part.strip()
+        )
+    except ValueError:
+        return ()
 
 
 def in_allowed_scope(vm_id: str, scopes: tuple[str, ...]) -> bool:
@@ -177,12 +209,56 @@ def extended_expiry(
     return wanted, False
 
 
-def choose_source(caller: IpAddress | None, requested: str | None, settings: Settings) -> IpNetwork:
-    """The source prefix to let in: the caller's own address, or another one no wider than policy allows."""
+@dataclass(frozen=True)
+class SourceChoice:
+    """The source a grant lets in, and, when the caller named it instead of using their own address, what
+    allowed them to (for the audit trail)."""
+
+    network: IpNetwork
+    named_via: str | None = None
+
+    @property
+    def named(self) -> bool:
+        """True when the caller named a source other than the address the broker sees for them."""
+        return self.named_via is not None
+
+
+def may_name_sources(roles: frozenset[str], settings: Settings) -> bool:
+    """True when the caller holds the role that lets them name a source on any VM (within its allow-list)."""
+    return settings.source_override_role in roles
+
+
+def choose_source(
+    caller: IpAddress | None,
+    requested: str | None,
+    settings: Settings,
+    *,
+    roles: frozenset[str] = frozenset(),
+    vm_policy: VmPolicy | None = None,
+    vm_name: str = "this VM",
+) -> SourceChoice:
+    """The source prefix to let in: the caller's own address, or one they named with the permission to.
+
+    Refusals: `InvalidRequest` for what is no address or prefix (or wider than policy allows),
+    `SourceNotAllowed` for a named source without the permission or outside the VM's allow-list,
+    `SourceNotRoutable` for an address no internet caller has (see the module docstring)."""
+    own = None if caller is None else ipaddress.ip_network(caller)
     if requested is None:
-        if caller is None:
+        if own is None:
             raise InvalidRequest("the broker cannot tell your address; name a source")
-        return ipaddress.ip_network(caller)
+        _require_routable(own, settings, yours=True)
+        return SourceChoice(own)
+    network = parse_source(requested, settings)
+    if own is not None and network == own:  # naming one's own address needs no permission
+        _require_routable(own, settings, yours=True)
+        return SourceChoice(own)
+    via = _naming_permission(network, roles, vm_policy, settings, vm_name)
+    _require_routable(network, settings, yours=False)
+    return SourceChoice(network, via)
+
+
+def parse_source(requested: str, settings: Settings) -> IpNetwork:
+    """A named source as a prefix no wider than policy allows; `InvalidRequest` for anything else."""
     text = requested.strip()
     try:
         network = ipaddress.ip_network(text, strict=True)
@@ -196,13 +272,138 @@ def choose_source(caller: IpAddress | None, requested: str | None, settings: Set
         raise InvalidRequest(
             f"source {network} is wider than policy allows (at most /{widest} for IPv{network.version})"
         )
-    if network.is_multicast or network.is_unspecified or network.is_loopback or network.is_link_local:
-        raise InvalidRequest(f"source {network} cannot be a caller's address")
     if isinstance(network, ipaddress.IPv6Network) and _embeds_ipv4(network):
         raise InvalidRequest(
             f"source {network} is an IPv4 address written as IPv6: name the IPv4 address itself"
         )
     return network
+
+
+def _naming_permission(
+    network: IpNetwork,
+    roles: frozenset[str],
+    vm_policy: VmPolicy | None,
+    settings: Settings,
+    vm_name: str,
+) -> str:
+    """What lets this caller name `network` for this VM; `SourceNotAllowed` when nothing does."""
+    allow_list = vm_policy.sources if vm_policy is not None else None
+    if allow_list is not None:
+        if not any(_inside(network, allowed) for allowed in allow_list):
+            listed = ", ".join(str(a) for a in allow_list) or "none: the tag is empty or malformed"
+            raise SourceNotAllowed(
+                f"source {network} is outside VM {vm_name}'s allow-list of sources "
+                f"({TAG_SOURCES}: {listed}); ask without a source to be let in from the address the broker "
+                "sees for you"
+            )
+        if may_name_sources(roles, settings):
+            return f"role {settings.source_override_role}, inside tag {TAG_SOURCES}"
+        return f"tag {TAG_SOURCES}"
+    if may_name_sources(roles, settings):
+        return f"role {settings.source_override_role}"
+    raise SourceNotAllowed(
+        f"naming a source other than your own address needs the {settings.source_override_role} app role "
+        f"or a {TAG_SOURCES} allow-list on VM {vm_name}; ask without a source to be let in from the address "
+        "the broker sees for you"
+    )
+
+
+def _inside(network: IpNetwork, allowed: IpNetwork) -> bool:
+    return network.version == allowed.version and network.subnet_of(allowed)  # type: ignore[arg-type]
+
+
+# -- which addresses may be a source -------------------------------------------------------------------------
+
+_Ranges = tuple[tuple[IpNetwork, str], ...]
+
+
+def _ranges(*pairs: tuple[str, str]) -> _Ranges:
+    return tuple((ipaddress.ip_network(prefix), what) for prefix, what in pairs)
+
+
+#: Never a source, whatever the settings say (JIT_EXTRA_SOURCE_RANGES may not name them either).
+NEVER_SOURCES = _ranges(
+    ("0.0.0.0/8", "in 0.0.0.0/8 ('this network')"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16, where the instance metadata service answers)"),
+    ("168.63.129.16/32", "Azure's platform address (168.63.129.16)"),
+    ("224.0.0.0/4", "a multicast address"),
+    ("240.0.0.0/4", "reserved (240.0.0.0/4, or the broadcast address)"),
+    ("::/128", "the unspecified address"),
+    ("::ffff:0:0/96", "an IPv4 address written as IPv6"),
+    ("fe80::/10", "link-local (fe80::/10)"),
+    ("ff00::/8", "a multicast address"),
+)
+#: Private ranges: a source only when JIT_ALLOW_PRIVATE_SOURCES is on (or JIT_EXTRA_SOURCE_RANGES names them).
+PRIVATE_SOURCES = _ranges(
+    ("10.0.0.0/8", "a private address (RFC 1918)"),
+    ("172.16.0.0/12", "a private address (RFC 1918)"),
+    ("192.168.0.0/16", "a private address (RFC 1918)"),
+    ("100.64.0.0/10", "a carrier-grade NAT address (100.64.0.0/10)"),
+    ("fc00::/7", "a unique local address (fc00::/7)"),
+)
+#: Not global unicast: a source only when JIT_EXTRA_SOURCE_RANGES names the range (a lab or test network).
+SPECIAL_SOURCES = _ranges(
+    ("127.0.0.0/8", "a loopback address"),
+    ("192.0.0.0/24", "reserved for IETF protocol assignments (192.0.0.0/24)"),
+    ("192.0.2.0/24", "a documentation address (192.0.2.0/24)"),
+    ("192.88.99.0/24", "the 6to4 relay anycast range (192.88.99.0/24)"),
+    ("198.18.0.0/15", "a benchmarking address (198.18.0.0/15)"),
+    ("198.51.100.0/24", "a documentation address (198.51.100.0/24)"),
+    ("203.0.113.0/24", "a documentation address (203.0.113.0/24)"),
+    ("::1/128", "the loopback address"),
+    ("64:ff9b::/96", "an IPv4 address written as IPv6 (NAT64)"),
+    ("64:ff9b:1::/48", "a local-use NAT64 address (64:ff9b:1::/48)"),
+    ("100::/64", "a discard-only address (100::/64)"),
+    ("2001::/23", "reserved for IETF protocol assignments (2001::/23)"),
+    ("2001:db8::/32", "a documentation address (2001:db8::/32)"),
+    ("2002::/16", "a 6to4 address (2002::/16)"),
+    ("3fff::/20", "a documentation address (3fff::/20)"),
+    ("5f00::/16", "a segment-routing identifier (5f00::/16)"),
+    ("fec0::/10", "a deprecated site-local address (fec0::/10)"),
+)
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+
+
+def source_problem(network: IpNetwork, settings: Settings) -> str | None:
+    """Why `network` cannot be a source under these settings (a phrase: "a private address (RFC 1918)"), or
+    None when it can: a global unicast prefix, or one the settings let in."""
+    for never, what in NEVER_SOURCES:
+        if _overlaps(network, never):
+            return what
+    if any(_inside(network, extra) for extra in settings.extra_source_ranges):
+        return None
+    for private, what in PRIVATE_SOURCES:
+        if _overlaps(network, private):
+            return None if settings.allow_private_sources and _inside(network, private) else what
+    for special, what in SPECIAL_SOURCES:
+        if _overlaps(network, special):
+            return what
+    return _not_global_unicast(network)
+
+
+def _not_global_unicast(network: IpNetwork) -> str | None:
+    if isinstance(network, ipaddress.IPv6Network) and not network.subnet_of(_GLOBAL_UNICAST_V6):
+        return "outside the global unicast range (2000::/3)"
+    if not (network.network_address.is_global and network.broadcast_address.is_global):
+        return "not a global unicast address"
+    return None
+
+
+def _overlaps(network: IpNetwork, other: IpNetwork) -> bool:
+    return network.version == other.version and network.overlaps(other)
+
+
+def _require_routable(network: IpNetwork, settings: Settings, *, yours: bool) -> None:
+    problem = source_problem(network, settings)
+    if problem is None:
+        return
+    if yours:
+        raise SourceNotRoutable(
+            f"the address the broker sees for you, {network.network_address}, is {problem}: no rule is "
+            "opened for it. If you reach the broker through a proxy or VPN, the broker may be reading the "
+            "wrong address: ask an admin to check how it learns callers' addresses"
+        )
+    raise SourceNotRoutable(f"source {network} is {problem}: it cannot be let in")
 
 
 _IPV4_IN_IPV6 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))

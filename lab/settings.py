@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 DEMO_SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
 DEMO_ALLOWED_SCOPES = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/rg-jit-demo"
+# The lab's callers are not on the internet: they call from loopback (`jit-lab up`, the CLI tests) or from the
+# network lab's namespaces and the test suites' forwarded addresses in the documentation ranges, which the
+# broker refuses as sources unless told otherwise. The lab names exactly those ranges; in Azure the setting is
+# empty. The lab's VNets (192.0.2.0/24) stay out: a lab caller cannot open a door to a VM's private address.
+LAB_SOURCE_RANGES = "127.0.0.0/8,::1/128,198.51.100.0/24,203.0.113.0/24,2001:db8::/32"
 
 
 def broker_settings(
@@ -65,6 +70,11 @@ def broker_settings(
         # uvicorn sees the caller's socket; in Azure the platform's X-Forwarded-For is used instead.
         "JIT_CLIENT_ADDRESS_FROM": "peer",
         "JIT_TOPOLOGY_CACHE_SECONDS": "60",
+        "JIT_SOURCE_OVERRIDE_ROLE": "JIT.SourceOverride",
+        "JIT_ALLOW_PRIVATE_SOURCES": "false",
+        "JIT_EXTRA_SOURCE_RANGES": LAB_SOURCE_RANGES,
+        "JIT_MAX_OPEN_GRANTS_PER_PRINCIPAL": "10",
+        "JIT_MAX_SOURCES_PER_PRINCIPAL": "3",
         # The emulator answers on loopback: poll its long-running operations briskly.
         "JIT_ARM_POLL_SECONDS": "0.2",
         "JIT_ARM_TIMEOUT_SECONDS": "60",

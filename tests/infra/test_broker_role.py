@@ -26,7 +26,6 @@ RULE_CHANGES = {
 }  # the broker writes whole NSGs (one conditional write carries every change), never single rules
 # db-01 sits behind its NIC's NSG and its subnet's NSG, so a grant writes two rules.
 VM_WITH_TWO_NSGS = "db-01"
-ALICE_SOURCE = "203.0.113.10/32"
 
 
 # ---------------------------------------------------------------- the role as Bicep declares it
@@ -127,7 +126,7 @@ def test_the_role_equals_what_a_full_broker_cycle_asks_of_arm(  # noqa: PLR0917 
     fresh_broker, other_broker, role_env, token_for, arm_admin, monkeypatch
 ):
     alice = token_for("alice")
-    ask = {"vm": VM_WITH_TWO_NSGS, "port": 22, "source": ALICE_SOURCE, "duration": "5m"}
+    ask = {"vm": VM_WITH_TWO_NSGS, "port": 22, "duration": "5m"}  # from alice's own (loopback) address
     arm_admin.clear_requests()
 
     vms = _call("GET", f"{fresh_broker.url}/api/v1/vms", alice)["vms"]
