@@ -10,7 +10,7 @@ from jitcli.config import KEYS, Settings, set_value
 from jitcli.durations import parse_seconds
 from jitcli.errors import CliError, ConfigError
 from jitcli.models import Grant, door_after_revoke
-from jitcli.output import Output, grants_table, key_values, until, vms_table
+from jitcli.output import Output, grants_table, until, vms_table, whoami_text
 
 #: `jit extend` without --duration (or a duration setting) pushes the expiry to now + this.
 DEFAULT_EXTEND = "1h"
@@ -209,9 +209,9 @@ def cmd_vms(ctx: Context) -> int:
 
 
 def cmd_whoami(ctx: Context) -> int:
-    """`jit whoami`: who the broker thinks I am, my roles, the address it sees."""
+    """`jit whoami`: who the broker thinks I am, my roles, the address it sees, whether I may name sources."""
     me = ctx.client.whoami()
-    ctx.out.result(me, lambda: key_values(me))
+    ctx.out.result(me, lambda: whoami_text(me))
     return 0
 
 

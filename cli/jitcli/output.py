@@ -116,3 +116,15 @@ def key_values(data: dict[str, Any]) -> str:
         shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
         lines.append(f"{key.ljust(width)}  {'' if shown is None else shown}")
     return "\n".join(lines)
+
+
+def whoami_text(me: dict[str, Any]) -> str:
+    """`jit whoami`: the broker's answer as `key: value` lines, whether I may name a source spelled out."""
+    shown = dict(me)
+    if "may_name_sources" in shown:
+        shown["may_name_sources"] = (
+            "yes, on any VM (inside a VM's jit-sources allow-list when it has one)"
+            if shown["may_name_sources"]
+            else "no, only where a VM's jit-sources allow-list holds the source"
+        )
+    return key_values(shown)
