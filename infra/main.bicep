@@ -55,6 +55,9 @@ param requesterRole string = 'JIT.Requester'
 @description('App role that sees and revokes every grant.')
 param adminRole string = 'JIT.Admin'
 
+@description('App role that reads the audit trail (GET /api/v1/audit) but cannot revoke.')
+param auditorRole string = 'JIT.Auditor'
+
 @description('The delegated scope (its value, as the token\'s scp claim carries it) users consent to for the broker\'s API.')
 param apiScope string = 'user_impersonation'
 
@@ -264,6 +267,7 @@ var brokerSettings = {
   JIT_V1_ISSUER: v1Issuer
   JIT_REQUESTER_ROLE: requesterRole
   JIT_ADMIN_ROLE: adminRole
+  JIT_AUDITOR_ROLE: auditorRole
   JIT_API_SCOPE: apiScope
   JIT_ALLOWED_CLIENT_APPS: join(allowedClientApps, ',')
   JIT_KEY_REFRESH_COOLDOWN_SECONDS: '300'

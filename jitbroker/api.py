@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
@@ -22,16 +23,19 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jitbroker.audit import AuditAsk, AuditReader
 from jitbroker.config import Settings
 from jitbroker.durations import format_duration, parse_duration
-from jitbroker.errors import JitError, NotAuthenticated
+from jitbroker.errors import InvalidRequest, JitError, NotAuthenticated
 from jitbroker.grants import GrantRequest, GrantService, VmSummary
 from jitbroker.identity import Principal, bearer_token, caller_address
-from jitbroker.model import Grant, GrantStatus
+from jitbroker.model import AuditEvent, Grant, GrantStatus
 from jitbroker.policy import may_name_sources
+from jitbroker.readiness import ReadinessReport
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_BODY_BYTES = 16 * 1024
 POLL_AFTER_SECONDS = 2  # a pending grant's NSG pass usually ends within one ARM operation
 API_VERSION = "1"
@@ -50,6 +54,7 @@ class Services:
     settings: Settings
     grants: GrantService
     verifier: Verifier
+    audit: AuditReader | None = None
 
 
 # -- request and response models: the OpenAPI document -----------------------------------------------------
@@ -148,9 +153,10 @@ class GrantOut(BaseModel):
 
 
 class GrantList(BaseModel):
-    """`GET /api/v1/grants`."""
+    """`GET /api/v1/grants`: one page; `nextLink` is the next page's URL, null on the last."""
 
     grants: list[GrantOut]
+    nextLink: str | None = None
 
 
 class VmOut(BaseModel):
@@ -183,9 +189,43 @@ class VmOut(BaseModel):
 
 
 class VmList(BaseModel):
-    """`GET /api/v1/vms`."""
+    """`GET /api/v1/vms`: one page; `nextLink` is the next page's URL, null on the last."""
 
     vms: list[VmOut]
+    nextLink: str | None = None
+
+
+class AuditEventOut(BaseModel):
+    """One line of the audit trail."""
+
+    kind: str
+    at: str
+    grant_id: str | None
+    principal: str | None
+    source: str | None
+    vm_id: str | None
+    port: int | None
+    reason: str | None
+    detail: str | None
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditEventOut:
+        """The wire form of an audit event."""
+        return cls(**{**vars(event), "at": _iso(event.at)})
+
+
+class AuditList(BaseModel):
+    """`GET /api/v1/audit`: one page, newest first; `nextLink` is the next page's URL, null on the last."""
+
+    events: list[AuditEventOut]
+    nextLink: str | None = None
+
+
+class Readiness(BaseModel):
+    """Whether this instance can serve: each dependency `ok` or `failed: <kind>`."""
+
+    status: str
+    checks: dict[str, str]
 
 
 class WhoAmI(BaseModel):
@@ -261,8 +301,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def create_app(services: Services | Callable[[], Services]) -> FastAPI:
-    """The broker's ASGI app; `services` may be a factory so a process builds them on first use."""
+def create_app(
+    services: Services | Callable[[], Services],
+    *,
+    readiness: Callable[[], ReadinessReport] | None = None,
+) -> FastAPI:
+    """The broker's ASGI app; `services` may be a factory so a process builds them on first use, and
+    `readiness` answers `GET /api/ready` (checked without a token, so it must never need one)."""
     provide: Callable[[], Services] = services if callable(services) else (lambda: services)
     app = FastAPI(
         lifespan=_lifespan,
@@ -324,17 +369,21 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
         return JSONResponse(body_json, status_code=201 if created else 200)
 
     @app.get("/api/v1/grants", response_model=GrantList, tags=["grants"])
-    def list_grants(
+    def list_grants(  # noqa: PLR0917 - query parameters, each its own
         principal: Caller,
+        request: Request,
+        page: Paging,
         all_grants: Annotated[
             bool, Query(alias="all", description="every principal's grants (admins)")
         ] = False,
         status: GrantStatus | None = None,
         vm: Annotated[str | None, Query(max_length=400)] = None,
     ) -> GrantList:
-        """The caller's grants; `all=true` for admins; filtered by status and VM name or id."""
+        """The caller's grants, newest first; `all=true` for admins; filtered by status and VM name or id;
+        paged (`limit`, then follow `nextLink`)."""
         grants = provide().grants.list_grants(principal, all_grants=all_grants, status=status, vm=vm)
-        return GrantList(grants=[GrantOut.of(g) for g in grants])
+        shown, next_link = page.cut(grants, request)
+        return GrantList(grants=[GrantOut.of(g) for g in shown], nextLink=next_link)
 
     @app.get("/api/v1/grants/{grant_id}", response_model=GrantOut, tags=["grants"])
     def get_grant(grant_id: Annotated[str, _grant_id], principal: Caller) -> GrantOut:
@@ -353,9 +402,10 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
         return GrantOut.of(provide().grants.extend(principal, grant_id, duration))
 
     @app.get("/api/v1/vms", response_model=VmList, tags=["vms"])
-    def list_vms(principal: Caller) -> VmList:
-        """The VMs the caller may request, with ports, power state and OS."""
-        return VmList(vms=[VmOut.of(vm) for vm in provide().grants.vms(principal)])
+    def list_vms(principal: Caller, request: Request, page: Paging) -> VmList:
+        """The VMs the caller may request, with ports, power state and OS; paged like every list."""
+        shown, next_link = page.cut(provide().grants.vms(principal), request)
+        return VmList(vms=[VmOut.of(vm) for vm in shown], nextLink=next_link)
 
     @app.get("/api/v1/whoami", response_model=WhoAmI, tags=["meta"])
     def whoami(principal: Caller, request: Request) -> WhoAmI:
@@ -376,7 +426,62 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
             may_name_sources=may_name_sources(principal.roles, settings),
         )
 
+    _install_operations_routes(app, provide, readiness)
     return app
+
+
+def _install_operations_routes(
+    app: FastAPI, provide: Callable[[], Services], readiness: Callable[[], ReadinessReport] | None
+) -> None:
+    """What the people who run the broker call: readiness for the platform, the audit trail for auditors."""
+
+    @app.get("/api/ready", response_model=Readiness, tags=["meta"], responses={503: {"model": Readiness}})
+    def ready() -> JSONResponse:
+        """Readiness for a platform probe: Table Storage and ARM reachable with the broker's identity (200),
+        else 503 naming the dependency that failed. No token, no secrets; results are cached briefly."""
+        report = readiness() if readiness is not None else ReadinessReport({"readiness": "failed: not wired"})
+        body = Readiness(status="ready" if report.ready else "not_ready", checks=dict(report.checks))
+        return JSONResponse(body.model_dump(), status_code=200 if report.ready else 503)
+
+    @app.get("/api/v1/audit", response_model=AuditList, tags=["audit"])
+    def read_audit(
+        principal: Caller, request: Request, query: Annotated[AuditParams, Depends()]
+    ) -> AuditList:
+        """Audit events (admins and auditors), newest first, filtered by time range (default the last 24 h),
+        kind, principal and VM; paged with `nextLink`."""
+        reader = provide().audit
+        if reader is None:
+            raise JitError("the audit trail is not wired in this broker")
+        events, next_cursor = reader.page(principal, query.ask())
+        next_link = None
+        if next_cursor is not None:
+            next_link = _relative(str(request.url.include_query_params(cursor=next_cursor)))
+        return AuditList(events=[AuditEventOut.of(e) for e in events], nextLink=next_link)
+
+
+class AuditParams:
+    """`GET /api/v1/audit`'s query: a time range, filters and paging."""
+
+    def __init__(  # noqa: PLR0917 - FastAPI fills each query parameter by name
+        self,
+        since: Annotated[str | None, Query(max_length=40, description="24h, PT2H or ISO 8601 time")] = None,
+        until: Annotated[str | None, Query(max_length=40, description="ISO 8601 time; default now")] = None,
+        kind: Annotated[str | None, Query(max_length=40)] = None,
+        user: Annotated[str | None, Query(max_length=128, description="a principal's object id")] = None,
+        vm: Annotated[str | None, Query(max_length=400, description="a VM's name or resource id")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=600)] = None,
+    ) -> None:
+        self._ask = AuditAsk(
+            since=since, until=until, kind=kind, principal=user, vm=vm, limit=limit, cursor=cursor
+        )
+
+    def ask(self) -> AuditAsk:
+        """The query as the audit reader takes it."""
+        return self._ask
+
+
+AuditQueryParams = Annotated[AuditParams, Depends()]
 
 
 # -- errors: mapped to JSON in exactly one place -----------------------------------------------------------
@@ -385,8 +490,13 @@ def create_app(services: Services | Callable[[], Services]) -> FastAPI:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The one error shape every failure leaves the broker in."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    """The one error shape every failure leaves the broker in; `x-ms-error-code` repeats the code, as Azure
+    services do, so a client can tell errors apart without reading the body."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        headers={**(headers or {}), "x-ms-error-code": code},
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -422,6 +532,43 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_anything)
+
+
+class Page:
+    """`?limit=` (1 to 1000, default 100) and the opaque `?cursor=` of a list's page; `cut` gives the page and
+    the next page's `nextLink` (a relative URL with the same filters), so no list stops silently."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
+        cursor: Annotated[str | None, Query(max_length=40, description="from a nextLink")] = None,
+    ) -> None:
+        self.limit = limit
+        self.offset = _offset(cursor)
+
+    def cut(self, items: list[T], request: Request) -> tuple[list[T], str | None]:
+        """This page of `items`, and the link to the next one (None on the last page)."""
+        end = self.offset + self.limit
+        if end >= len(items):
+            return items[self.offset :], None
+        return items[self.offset : end], _relative(str(request.url.include_query_params(cursor=f"o{end}")))
+
+
+Paging = Annotated[Page, Depends()]
+
+
+def _offset(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not (cursor.startswith("o") and cursor[1:].isdigit()):
+        raise InvalidRequest("cursor is not one this broker handed out; start again without it")
+    return int(cursor[1:])
+
+
+def _relative(url: str) -> str:
+    """A link without scheme and host: the broker may sit behind a proxy that rewrites them."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
 
 
 def _describe(error: Any) -> str:

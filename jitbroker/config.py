@@ -38,6 +38,7 @@ class Settings:
     v1_issuer: str | None
     requester_role: str
     admin_role: str
+    auditor_role: str
     api_scope: str
     allowed_client_apps: frozenset[str]
     key_refresh_cooldown_seconds: int
@@ -89,6 +90,7 @@ class Settings:
             v1_issuer=reader.optional("JIT_V1_ISSUER"),
             requester_role=reader.text("JIT_REQUESTER_ROLE", "JIT.Requester"),
             admin_role=reader.text("JIT_ADMIN_ROLE", "JIT.Admin"),
+            auditor_role=reader.text("JIT_AUDITOR_ROLE", "JIT.Auditor"),
             api_scope=reader.parse("JIT_API_SCOPE", _scope_value, "user_impersonation"),
             allowed_client_apps=reader.parse("JIT_ALLOWED_CLIENT_APPS", _client_ids, ""),
             key_refresh_cooldown_seconds=reader.integer(

@@ -144,3 +144,15 @@ class Opening:
     expires_at: datetime
     created_at: datetime
     active: bool = False  # the grant was answered active: its VM keeps an address it shares with another
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which audit events to read: a time range (UTC), optionally one kind, principal or VM (name or id)."""
+
+    since: datetime
+    until: datetime
+    kind: str | None = None
+    principal: str | None = None
+    vm: str | None = None
+    limit: int = 100

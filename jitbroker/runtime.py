@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from jitbroker.api import Services, create_app
+from jitbroker.audit import AuditReader
 from jitbroker.closing import Closer
 from jitbroker.config import Settings, SweepSettings
 from jitbroker.grants import GrantService
@@ -127,7 +128,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         answer_budget=settings.answer_budget_seconds,
     )
     verifier = TokenVerifier.from_settings(settings)
-    services = Services(settings=settings, grants=grants, verifier=verifier)
+    audit = AuditReader(settings=settings, store=backend.store, clock=clock)
+    services = Services(settings=settings, grants=grants, verifier=verifier, audit=audit)
     readiness = Readiness(
         {
             "table_storage": backend.store.ping,
@@ -197,4 +199,4 @@ def run_sweep() -> SweepReport:
     return sweeper().run()
 
 
-app = create_app(lambda: broker().services)
+app = create_app(lambda: broker().services, readiness=readiness)

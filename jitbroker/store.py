@@ -43,7 +43,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from jitbroker.errors import Conflict, InvalidRequest, JitError, NotFound, UpstreamError
-from jitbroker.model import AuditEvent, ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening
+from jitbroker.model import AuditEvent, AuditQuery, ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening
 
 Clock = Callable[[], datetime]
 
@@ -434,18 +434,6 @@ def _abandoned(row: Any) -> bool:
     younger than a few minutes may belong to a grant being recorded right now and must stay."""
     written = getattr(row, "metadata", {}).get("timestamp")
     return isinstance(written, datetime) and datetime.now(UTC) - written > _ABANDONED
-
-
-@dataclass(frozen=True)
-class AuditQuery:
-    """Which audit events to read: a time range (UTC), optionally one kind, principal or VM (name or id)."""
-
-    since: datetime
-    until: datetime
-    kind: str | None = None
-    principal: str | None = None
-    vm: str | None = None
-    limit: int = 100
 
 
 _MAX_MICROS = 10**19

@@ -56,6 +56,7 @@ def broker_settings(
         "JIT_V1_ISSUER": f"{issuer_url.rstrip('/')}/{tenant.tenant_id}/",
         "JIT_REQUESTER_ROLE": "JIT.Requester",
         "JIT_ADMIN_ROLE": "JIT.Admin",
+        "JIT_AUDITOR_ROLE": "JIT.Auditor",
         "JIT_API_SCOPE": "user_impersonation",
         "JIT_ALLOWED_CLIENT_APPS": "",
         "JIT_KEY_REFRESH_COOLDOWN_SECONDS": "300",

@@ -2,7 +2,8 @@
 # Creates or updates the Entra ID app registration that jit-broker's access tokens are issued for:
 #   - app ID URI api://<client-id> and one delegated scope, user_impersonation;
 #   - v2 access tokens (the broker's JIT_TOKEN_VERSIONS=2);
-#   - the app roles JIT.Requester and JIT.Admin (assign them with infra/scripts/assign-role.sh);
+#   - the app roles JIT.Requester, JIT.Admin, JIT.Auditor and JIT.SourceOverride (assign them with
+#     infra/scripts/assign-role.sh);
 #   - the Azure CLI pre-authorized, so `az account get-access-token`, azd and the jit CLI get tokens without a
 #     consent prompt;
 #   - its service principal, with "assignment required" on, so only people given a role get a token at all.
@@ -18,9 +19,13 @@ AZURE_CLI_CLIENT_ID="04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 # Role and scope ids need only be unique within this app; fixed ids make every run converge on the same app.
 REQUESTER_ROLE_ID="65b266eb-4dc0-41c0-b88e-4d26035548ca"
 ADMIN_ROLE_ID="cef49e19-830b-44c7-bc19-62eb1bba18bc"
+AUDITOR_ROLE_ID="5f0c3a7e-2b9d-4c61-8a4e-7d2f1e6b9c30"
+SOURCE_OVERRIDE_ROLE_ID="a3d8e5b1-6c47-4f2a-9e18-0b7c4d2f5a96"
 SCOPE_ID="2150293c-325c-4278-811a-42d9bdf1b83d"
 REQUESTER_ROLE="${JIT_REQUESTER_ROLE:-JIT.Requester}"
 ADMIN_ROLE="${JIT_ADMIN_ROLE:-JIT.Admin}"
+AUDITOR_ROLE="${JIT_AUDITOR_ROLE:-JIT.Auditor}"
+SOURCE_OVERRIDE_ROLE="${JIT_SOURCE_OVERRIDE_ROLE:-JIT.SourceOverride}"
 
 say() { printf '%s\n' "$*" >&2; }
 
@@ -52,7 +57,13 @@ APP_ROLES="[
    \"description\": \"May ask jit-broker to open a port on an opted-in VM for their own address, within policy.\"},
   {\"id\": \"${ADMIN_ROLE_ID}\", \"value\": \"${ADMIN_ROLE}\", \"isEnabled\": true,
    \"allowedMemberTypes\": [\"User\"], \"displayName\": \"JIT administrator\",
-   \"description\": \"Sees and revokes every grant in jit-broker.\"}
+   \"description\": \"Sees and revokes every grant in jit-broker.\"},
+  {\"id\": \"${AUDITOR_ROLE_ID}\", \"value\": \"${AUDITOR_ROLE}\", \"isEnabled\": true,
+   \"allowedMemberTypes\": [\"User\"], \"displayName\": \"JIT auditor\",
+   \"description\": \"Reads jit-broker's audit trail; cannot open or revoke anything.\"},
+  {\"id\": \"${SOURCE_OVERRIDE_ROLE_ID}\", \"value\": \"${SOURCE_OVERRIDE_ROLE}\", \"isEnabled\": true,
+   \"allowedMemberTypes\": [\"User\"], \"displayName\": \"JIT source override\",
+   \"description\": \"May name a source address other than their own (inside a VM's jit-sources allow-list when it has one).\"}
 ]"
 
 patch() { az rest --method PATCH --uri "${GRAPH}/applications/${OBJECT_ID}" \

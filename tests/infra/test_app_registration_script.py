@@ -67,9 +67,14 @@ def test_the_app_is_single_tenant_with_an_api_uri_and_v2_tokens(registered):
 def test_the_app_roles_are_the_ones_the_broker_checks(registered):
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     roles = {role["value"]: role for role in registered["app"]["appRoles"]}
-    assert set(roles) == {sample["JIT_REQUESTER_ROLE"], sample["JIT_ADMIN_ROLE"]}
+    assert set(roles) == {
+        sample["JIT_REQUESTER_ROLE"],
+        sample["JIT_ADMIN_ROLE"],
+        sample["JIT_AUDITOR_ROLE"],
+        sample["JIT_SOURCE_OVERRIDE_ROLE"],
+    }
     assert all(role["isEnabled"] and role["allowedMemberTypes"] == ["User"] for role in roles.values())
-    assert len({role["id"] for role in roles.values()}) == 2
+    assert len({role["id"] for role in roles.values()}) == 4
 
 
 def test_the_azure_cli_is_pre_authorized_for_the_api_scope(registered):

@@ -1,0 +1,127 @@
+"""What the people who run jit-broker call: readiness, the audit trail, and lists that page instead of
+stopping silently; every error also names its code in `x-ms-error-code`, as Azure services do."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from jitbroker.api import create_app
+from jitbroker.readiness import Readiness, ReadinessReport
+
+pytestmark = pytest.mark.usefixtures("clean_lab")
+
+
+def test_ready_answers_200_with_every_dependency_checked_and_needs_no_token(api_broker) -> None:
+    answer = httpx.get(f"{api_broker.url}/api/ready", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "ready", "checks": {"table_storage": "ok", "arm": "ok"}}
+
+
+def test_ready_answers_503_naming_the_dependency_that_failed_and_nothing_secret() -> None:
+    def arm_down() -> None:
+        raise ConnectionError("https://management.example.test/?sig=secret-looking-text")
+
+    readiness = Readiness({"table_storage": lambda: None, "arm": arm_down})
+    app = create_app(lambda: pytest.fail("readiness must not build the services"), readiness=readiness.report)
+    answer = TestClient(app).get("/api/ready")
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "status": "not_ready",
+        "checks": {"table_storage": "ok", "arm": "failed: ConnectionError"},
+    }
+    assert "secret" not in answer.text
+
+
+def test_readiness_is_cached_briefly_so_a_probe_does_not_hammer_azure() -> None:
+    calls: list[int] = []
+    now = [0.0]
+    readiness = Readiness({"arm": lambda: calls.append(1)}, cache_seconds=10, monotonic=lambda: now[0])
+    for _ in range(5):
+        assert readiness.report().ready
+    now[0] = 11.0
+    readiness.report()
+    assert len(calls) == 2
+    assert ReadinessReport({"a": "ok", "b": "failed: X"}).ready is False
+
+
+def test_the_audit_trail_is_for_admins_and_auditors_only(as_user, token_for) -> None:
+    alice = as_user("alice")
+    refused = alice.get("/api/v1/audit")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert refused.headers["x-ms-error-code"] == "forbidden"
+
+    auditor = as_user("dave", token=token_for("dave", roles=["JIT.Auditor"]))
+    assert auditor.get("/api/v1/audit").status_code == 200
+    grant = alice.post("/api/v1/grants", json={"vm": "web-01", "duration": "PT10M"}).json()
+    assert auditor.delete(f"/api/v1/grants/{grant['id']}").status_code == 403  # reads, never revokes
+
+
+def test_audit_events_come_newest_first_filtered_and_paged_with_next_links(as_user) -> None:
+    alice, bob, carol = as_user("alice"), as_user("bob"), as_user("carol")
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    mine = alice.post("/api/v1/grants", json={"vm": "web-01", "duration": "PT10M"}).json()
+    alice.delete(f"/api/v1/grants/{mine['id']}")
+    bobs = bob.post("/api/v1/grants", json={"vm": "web-01", "duration": "PT10M"}).json()
+
+    since = started.isoformat().replace("+00:00", "Z")
+    everything = carol.get("/api/v1/audit", params={"since": since}).json()["events"]
+    stamps = [e["at"] for e in everything]
+    assert stamps == sorted(stamps, reverse=True)
+    assert {"requested", "granted", "revoked"} <= {e["kind"] for e in everything if e["grant_id"] == mine["id"]}
+
+    only_bob = carol.get("/api/v1/audit", params={"since": since, "user": bobs["principal"]}).json()["events"]
+    assert only_bob and {e["grant_id"] for e in only_bob} == {bobs["id"]}
+    revoked = carol.get("/api/v1/audit", params={"since": "1h", "kind": "revoked", "vm": "web-01"}).json()
+    assert mine["id"] in {e["grant_id"] for e in revoked["events"]}
+
+    seen: list[dict[str, object]] = []
+    page = carol.get("/api/v1/audit", params={"since": since, "limit": 2}).json()
+    while True:
+        seen.extend(page["events"])
+        assert len(page["events"]) <= 2
+        if page["nextLink"] is None:
+            break
+        assert page["nextLink"].startswith("/api/v1/audit?")
+        page = carol.get(page["nextLink"]).json()
+    assert [e["at"] for e in seen] == stamps and len(seen) == len(everything)
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2030-01-01T00:00:00"}, "time zone"),
+        ({"since": "200d"}, "at most"),
+        ({"kind": "opened"}, "kind"),
+        ({"cursor": "forged"}, "cursor"),
+    ],
+)
+def test_a_bad_audit_query_is_a_clear_400(as_user, params, fragment) -> None:
+    answer = as_user("carol").get("/api/v1/audit", params=params)
+    assert answer.status_code == 400, answer.text
+    assert fragment in answer.json()["error"]["message"]
+    assert answer.headers["x-ms-error-code"] == "invalid_request"
+
+
+def test_grant_and_vm_lists_page_with_next_links_instead_of_stopping(as_user) -> None:
+    carol = as_user("carol")
+    for vm in ("web-01", "db-01", "win-01"):
+        assert carol.post("/api/v1/grants", json={"vm": vm, "duration": "PT10M"}).status_code in (200, 201)
+    first = carol.get("/api/v1/grants", params={"status": "active", "limit": 2}).json()
+    assert len(first["grants"]) == 2 and first["nextLink"]
+    rest = carol.get(first["nextLink"]).json()
+    assert rest["nextLink"] is None
+    ids = [g["id"] for g in first["grants"] + rest["grants"]]
+    assert len(ids) == len(set(ids)) == 3
+
+    vms = carol.get("/api/v1/vms", params={"limit": 1}).json()
+    names = [vm["name"] for vm in vms["vms"]]
+    while vms["nextLink"]:
+        vms = carol.get(vms["nextLink"]).json()
+        names += [vm["name"] for vm in vms["vms"]]
+    assert names == [vm["name"] for vm in carol.get("/api/v1/vms").json()["vms"]]
+    assert carol.get("/api/v1/vms", params={"cursor": "x1"}).status_code == 400
