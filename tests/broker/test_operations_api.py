@@ -71,7 +71,8 @@ def test_audit_events_come_newest_first_filtered_and_paged_with_next_links(as_us
     everything = carol.get("/api/v1/audit", params={"since": since}).json()["events"]
     stamps = [e["at"] for e in everything]
     assert stamps == sorted(stamps, reverse=True)
-    assert {"requested", "granted", "revoked"} <= {e["kind"] for e in everything if e["grant_id"] == mine["id"]}
+    kinds = {e["kind"] for e in everything if e["grant_id"] == mine["id"]}
+    assert {"requested", "granted", "revoked"} <= kinds
 
     only_bob = carol.get("/api/v1/audit", params={"since": since, "user": bobs["principal"]}).json()["events"]
     assert only_bob and {e["grant_id"] for e in only_bob} == {bobs["id"]}
