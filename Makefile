@@ -3,14 +3,19 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+CHECKOV_VENV := $(VENV)/checkov
+PINS_VENV := $(VENV)/pins
+PIP_TOOLS := pip==26.3 pip-tools==7.6.2
+PIP_COMPILE := $(PINS_VENV)/bin/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
+  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(PINS_ARGS)
 APT_PACKAGES := openssh-server openssh-client nftables iproute2 procps
 APT_COMMANDS := /usr/sbin/sshd /usr/bin/ssh /usr/sbin/nft /usr/sbin/ip /usr/bin/pkill
 
-.PHONY: test lint typecheck pytest demo bench fuzz lab setup clean
+.PHONY: test lint typecheck pytest demo bench fuzz lab setup pins clean
 
 test: setup lint typecheck pytest ## every check: ruff, mypy, pytest (unit, integration, end-to-end)
 
-setup: $(VENV)/.installed node_modules/.installed apt
+setup: $(VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed apt
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml cli/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +23,25 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml cli/pyp
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e . -e ./cli
 	touch $@
+
+# checkov in a venv of its own (inside .venv, so git, the Functions package and `make clean` treat it as .venv):
+# its dependency tree caps packages the broker needs newer. tests/infra/test_checkov.py runs it from there.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt | $(VENV)/.installed
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt
+	touch $@
+
+# Regenerate the exact pins from the .in files. pip-compile keeps every existing pin the .in files still allow,
+# so a run without changes reproduces the files byte for byte; `make pins PINS_ARGS=--upgrade` moves every
+# package to the newest allowed version, `PINS_ARGS="-P fastapi"` just one. Each .txt file's header is its
+# .in file's `##` lines. requirements-dev.in is constrained by requirements.txt, so it is compiled second.
+pins:
+	test -x $(PINS_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(PINS_VENV) && \
+	  $(PINS_VENV)/bin/python -m pip install -q $(PIP_TOOLS); }
+	for name in requirements requirements-dev requirements-checkov; do \
+	  $(PIP_COMPILE) -o $$name.txt $$name.in && \
+	  { sed -n 's/^##/#/p' $$name.in; cat $$name.txt; } > $$name.txt.tmp && mv $$name.txt.tmp $$name.txt || exit 1; \
+	done
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
