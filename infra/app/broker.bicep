@@ -80,6 +80,9 @@ var hostSettings = {
   AzureWebJobsStorage__tableServiceUri: 'https://${storageAccountName}.table.${storageSuffix}'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // host.json's telemetryMode OpenTelemetry: the Python worker exports through OpenTelemetry too, so the
+  // broker's records reach Application Insights once, correlated with the host's invocation.
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
 }
 
 var authSettings = enableAppServiceAuth ? { WEBSITE_AUTH_AAD_ALLOWED_TENANTS: tenantId } : {}

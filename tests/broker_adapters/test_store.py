@@ -279,7 +279,7 @@ def test_storage_that_cannot_be_reached_is_an_upstream_error():
 
 
 def test_the_audit_log_pages_newest_first_through_a_time_range_with_filters(store: GrantStore):
-    from jitbroker.store import AuditQuery
+    from jitbroker.model import AuditQuery
 
     base = T0 - timedelta(days=2)
     for i in range(7):  # across three days, two principals, two VMs
@@ -314,7 +314,7 @@ def test_the_audit_log_pages_newest_first_through_a_time_range_with_filters(stor
 
 def test_an_audit_cursor_that_was_not_handed_out_is_a_clear_bad_request(store: GrantStore):
     from jitbroker.errors import InvalidRequest
-    from jitbroker.store import AuditQuery
+    from jitbroker.model import AuditQuery
 
     query = AuditQuery(since=T0 - timedelta(days=1), until=T0)
     for bad in ("not-base64!!", "eHl6", "MjAzMDA1MDF8bm90LWEta2V5"):
