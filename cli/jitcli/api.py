@@ -14,6 +14,8 @@ from jitcli.errors import BrokerError, BrokerUnreachable, InsecureBrokerUrl, Inv
 from jitcli.models import Grant
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import requests
 
     from jitcli.auth import TokenProvider
@@ -27,6 +29,8 @@ IPV4_RETRY_CODES = frozenset({"address_family_mismatch"})
 _TIMEOUT_S = (10.0, 35.0)
 #: Hosts a plain http:// broker URL may name: the bearer token then never leaves this machine.
 _LOOPBACK_NAMES = frozenset({"localhost"})
+#: Items per page `jit` asks a list for (the broker's most): fewer round trips; `nextLink` brings the rest.
+PAGE_LIMIT = 1000
 
 
 def wire_duration(duration: str | int) -> str | int:
@@ -39,6 +43,30 @@ def wire_duration(duration: str | int) -> str | int:
         return iso_duration(parse_seconds(duration))
     except ValueError as exc:
         raise InvalidDuration(str(exc), hint="e.g. 30m, 2h, 1h30m or PT1H30M") from None
+
+
+def wire_moment(text: str, what: str) -> str:
+    """An audit query's `since`/`until` as `jit` sends it, read as the broker reads it: an ISO 8601 time with
+    its zone (`2030-05-01T12:00:00Z`, sent as written), or a duration back from now (`24h`, `PT2H`, sent as
+    ISO 8601); InvalidDuration, before any request, for what the broker would refuse."""
+    raw = text.strip()
+    if raw[:1].isdigit() and ("-" in raw[1:] or ":" in raw):
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidDuration(
+                f"{what} {raw!r} is not an ISO 8601 time or a duration like 24h",
+                hint="e.g. 24h, PT2H or 2030-05-01T12:00:00Z",
+            ) from None
+        if moment.tzinfo is None:
+            raise InvalidDuration(f"{what} needs a time zone (e.g. {raw}Z)", hint="add Z (UTC) or +HH:MM")
+        return raw
+    try:
+        return iso_duration(parse_seconds(raw, what=what))
+    except ValueError as exc:
+        raise InvalidDuration(
+            str(exc), hint="a duration back from now (24h, PT2H) or an ISO 8601 time"
+        ) from None
 
 
 def check_broker_url(url: str) -> str:
@@ -143,12 +171,11 @@ class BrokerClient:
         return Grant.from_json(answer.body), answer
 
     def list_grants(self, *, all_principals: bool = False, status: str | None = None) -> list[dict[str, Any]]:
-        """My grants (everyone's with `all_principals`, admins only)."""
+        """My grants (everyone's with `all_principals`, admins only), every page."""
         params = {"all": "true"} if all_principals else {}
         if status:
             params["status"] = status
-        grants = self.call("GET", "/api/v1/grants", params=params).body.get("grants", [])
-        return list(grants)
+        return self.collect("/api/v1/grants", "grants", params)
 
     def get_grant(self, grant_id: str) -> Grant:
         """One grant by id."""
@@ -177,12 +204,79 @@ class BrokerClient:
         return Grant.from_json(answer.body), answer
 
     def vms(self) -> list[dict[str, Any]]:
-        """VMs the caller may request."""
-        return list(self.call("GET", "/api/v1/vms").body.get("vms", []))
+        """VMs the caller may request, every page."""
+        return self.collect("/api/v1/vms", "vms")
 
     def whoami(self) -> dict[str, Any]:
         """Principal, roles and the address the broker sees."""
         return self.call("GET", "/api/v1/whoami").body
+
+    def audit(self, params: dict[str, str], *, most: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """Audit events (admins and auditors), newest first, every page or the newest `most`; and whether
+        more matched than `most` let through."""
+        ask = dict(params)
+        ask["limit"] = str(min(most or PAGE_LIMIT, PAGE_LIMIT))
+        events: list[dict[str, Any]] = []
+        for page, more in self.pages("/api/v1/audit", "events", ask):
+            events += page
+            if most is not None and len(events) >= most:
+                return events[:most], more or len(events) > most
+        return events, False
+
+    # -- paging --------------------------------------------------------------------------------------------
+
+    def collect(self, path: str, key: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every item of a paged list (`{key: [...], "nextLink": ...}`), all pages followed to the end."""
+        items: list[dict[str, Any]] = []
+        for page, _ in self.pages(path, key, {"limit": str(PAGE_LIMIT), **(params or {})}):
+            items += page
+        return items
+
+    def pages(
+        self, path: str, key: str, params: dict[str, str] | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+        """The pages of a list, one request each: (this page's `key` items, whether a `nextLink` follows).
+
+        A list answers at most `limit` items and a `nextLink` (a relative URL carrying the filters and a
+        cursor) while more remain, null on the last page; a broker without paging answers no `nextLink` and is
+        read in one request. A `nextLink` is followed only on the broker's own origin (the token goes nowhere
+        else), and one the broker already gave ends the walk with an error instead of a loop.
+        """
+        answer = self.call("GET", path, params=params)
+        current = self.base_url + path
+        followed: set[str] = set()
+        while True:
+            items = answer.body.get(key, [])
+            if not isinstance(items, list):
+                raise BrokerError(
+                    answer.status, "bad_response", f"the broker's {path} answer has no {key} list"
+                )
+            link = answer.body.get("nextLink")
+            yield items, bool(link)
+            if not link:
+                return
+            current = self._link_url(str(link), path, current)
+            if current in followed:
+                raise BrokerError(
+                    answer.status, "bad_response", f"the broker's nextLink for {path} repeats itself: {link}"
+                )
+            followed.add(current)
+            answer = self._request("GET", current)
+
+    def _link_url(self, link: str, path: str, current: str) -> str:
+        """A `nextLink` as a URL: a path (`/api/v1/…?…`) goes to the broker's base URL, like every call; any
+        other link, resolved against the page that gave it, only when it is on the broker's origin
+        (BrokerError otherwise: a list must not stop silently)."""
+        if link.startswith("/") and not link.startswith("//"):
+            return self.base_url + link
+        own = self._own_url(_absolute(current, link))
+        if own is None:
+            raise BrokerError(
+                200,
+                "bad_response",
+                f"the broker's nextLink for {path} points elsewhere ({link}); not sending the token there",
+            )
+        return own
 
     # -- transport -----------------------------------------------------------------------------------------
 
@@ -227,7 +321,9 @@ class BrokerClient:
         self._trace_response(response, time.monotonic() - started)
         payload = _json_body(response)
         if response.status_code >= 400:
-            raise _broker_error(response.status_code, payload, response.reason)
+            raise _broker_error(
+                response.status_code, payload, response.reason, response.headers.get("x-ms-error-code")
+            )
         if not isinstance(payload, dict):
             raise BrokerError(
                 response.status_code,
@@ -289,23 +385,27 @@ class BrokerClient:
         if not self._verbose:
             return
         self._say(f"< {response.status_code} {response.reason} ({elapsed * 1000:.0f} ms)")
-        for name in ("Date", "Content-Type", "Location", "Retry-After", "x-ms-request-id", "x-request-id"):
+        shown = ("Date", "Content-Type", "Location", "Retry-After", "x-ms-error-code", "x-ms-request-id")
+        for name in (*shown, "x-request-id"):
             if name in response.headers:
                 self._say(f"< {name}: {response.headers[name]}")
         text = response.text
         self._say(f"< {text[:2000]}{'…' if len(text) > 2000 else ''}")
 
 
-def _broker_error(status: int, payload: object, reason: str) -> BrokerError:
-    """The broker's `{"error": {"code", "message"}}` as an exception; the status line when it is not that."""
+def _broker_error(status: int, payload: object, reason: str, header_code: str | None = None) -> BrokerError:
+    """The broker's `{"error": {"code", "message"}}` as an exception; the status line when it is not that.
+    The code is the body's, else the `x-ms-error-code` header's (every broker error carries it, also when a
+    proxy on the way replaced the body), else `http_<status>`."""
     error = payload.get("error") if isinstance(payload, dict) else None
+    fallback = (header_code or "").strip() or f"http_{status}"
     if isinstance(error, dict):
-        code = str(error.get("code") or f"http_{status}")
+        code = str(error.get("code") or fallback)
         message = str(error.get("message") or reason)
     elif isinstance(payload, dict) and "detail" in payload:
-        code, message = f"http_{status}", str(payload["detail"])
+        code, message = fallback, str(payload["detail"])
     else:
-        code, message = f"http_{status}", f"HTTP {status} {reason}"
+        code, message = fallback, f"HTTP {status} {reason}"
     hint = None
     if status == 401:
         hint = "sign in again (`az login`), and check scope and tenant_id (`jit config get`)"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jitcli.api import Answer, BrokerClient, check_broker_url
+from jitcli.api import Answer, BrokerClient, check_broker_url, wire_moment
 from jitcli.config import KEYS, Settings, set_value
 from jitcli.durations import parse_seconds
 from jitcli.errors import CliError, ConfigError
 from jitcli.models import Grant, door_after_revoke
-from jitcli.output import Output, grants_table, until, vms_table, whoami_text
+from jitcli.output import Output, audit_table, grants_table, until, vms_table, whoami_text
 
 #: `jit extend` without --duration (or a duration setting) pushes the expiry to now + this.
 DEFAULT_EXTEND = "1h"
@@ -205,6 +205,29 @@ def cmd_vms(ctx: Context) -> int:
     """`jit vms`: the VMs I may ask for."""
     vms = ctx.client.vms()
     ctx.out.result({"vms": vms}, lambda: vms_table(vms))
+    return 0
+
+
+def cmd_audit(ctx: Context) -> int:
+    """`jit audit`: the broker's audit trail, newest first, every page (or the newest `--limit`)."""
+    a = ctx.args
+    params: dict[str, str] = {}
+    for name in ("since", "until"):
+        value = getattr(a, name, None)
+        if value:
+            params[name] = wire_moment(value, name)
+    if a.kind:
+        params["kind"] = a.kind
+    if a.vm:
+        params["vm"] = a.vm
+    if a.user:
+        params["user"] = str(ctx.client.whoami()["principal"]) if a.user == "me" else a.user
+    events, more = ctx.client.audit(params, most=a.limit)
+    if more:
+        ctx.out.progress(
+            f"showing the newest {len(events)} events; more match (raise --limit, or narrow --since/--until)"
+        )
+    ctx.out.result(events, lambda: audit_table(events))
     return 0
 
 

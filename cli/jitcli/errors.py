@@ -4,7 +4,7 @@ CliError                  anything `jit` reports and exits on
 ├── ConfigError           a setting is missing or malformed
 │   └── InsecureBrokerUrl a plain http:// broker URL that is not on this machine
 ├── AuthError             no token could be obtained
-├── InvalidDuration       a duration the broker would refuse (400), caught before asking it
+├── InvalidDuration       a duration (or an audit query's time) the broker would refuse (400), caught first
 ├── BrokerError           the broker answered with an error body (status, code, message)
 ├── BrokerUnreachable     no HTTP answer at all (DNS, refused, TLS, timeout)
 ├── GrantFailed           a grant the broker accepted (202) ended failed (or closed) instead of active
@@ -67,8 +67,9 @@ class AuthError(CliError):
 
 
 class InvalidDuration(CliError):
-    """A duration outside the grammar the broker shares with `jit` (jitcli.durations): refused before any
-    request, with the exit code and error code the broker's 400 would have given."""
+    """A duration outside the grammar the broker shares with `jit` (jitcli.durations), or an audit query's
+    time without its zone: refused before any request, with the exit code and error code the broker's 400
+    would have given."""
 
     exit_code = ExitCode.INVALID_REQUEST
     code = "invalid_request"

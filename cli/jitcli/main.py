@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,12 @@ DESCRIPTION = """Just-in-time access to Azure VMs through jit-broker: ask, get i
   jit ssh web-01                     open SSH for your address, wait for it, run ssh, revoke on exit
   jit rdp win-01 -g prod             the same with your RDP client
   jit grant db-01 --port 5432        open only, print where to connect
-  jit ls | jit revoke --mine         see and close your grants"""
+  jit ls | jit revoke --mine         see and close your grants
+  jit audit --since 2h --vm web-01   who opened what, when (admins and auditors)"""
+
+#: The audit trail's event kinds (docs/api.md, `GET /api/v1/audit`).
+AUDIT_KINDS = ("requested", "granted", "denied", "failed", "revoked", "expired", "extended", "orphan_removed")
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 SETTINGS_TEXT = """settings (flags > environment > config file; `jit config path` shows the file):
   broker_url JIT_BROKER_URL   scope JIT_SCOPE   tenant_id JIT_TENANT_ID   auth JIT_AUTH
@@ -102,6 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("vms", "list the VMs you may ask for")
     add("whoami", "show who the broker thinks you are, your roles and address")
 
+    audit = add("audit", "read the broker's audit trail, newest first (admins and auditors)")
+    audit.add_argument(
+        "--since",
+        metavar="T",
+        help="from this long ago (24h, PT2H) or this ISO 8601 time (default: 24h before --until)",
+    )
+    audit.add_argument(
+        "--until", metavar="T", help="up to this long ago or this ISO 8601 time (default: now)"
+    )
+    audit.add_argument(
+        "--kind",
+        choices=AUDIT_KINDS,
+        metavar="KIND",
+        help="only events of this kind: " + ", ".join(AUDIT_KINDS),
+    )
+    audit.add_argument("--vm", metavar="VM", help="only events of this VM (name or resource id)")
+    audit.add_argument(
+        "--user", type=_principal, metavar="OID", help="only this person's events: their object id, or me"
+    )
+    audit.add_argument(
+        "--limit", type=_positive, metavar="N", help="at most N events, the newest (default: every page)"
+    )
+
     config = add("config", "read or change settings")
     actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     get = actions.add_parser(
@@ -118,6 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     completion = add("completion", "print a shell completion script (bash, zsh or fish; see cli/README.md)")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
     return parser
+
+
+def _principal(text: str) -> str:
+    """`--user`: an Entra object id (what the audit trail records) or `me`; anything else is a usage error
+    that says so, rather than a query that silently matches nothing."""
+    value = text.strip()
+    if value.lower() == "me" or _OBJECT_ID.fullmatch(value):
+        return value.lower()
+    hint = f"; look it up with `az ad user show --id {value} --query id -o tsv`" if "@" in value else ""
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not an object id: the audit trail records people by their Entra object id "
+        f"(a GUID such as 00000000-0000-0000-0000-000000000000), or say `me`{hint}"
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
 
 
 def _version() -> str:
@@ -165,6 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         "extend": commands.cmd_extend,
         "vms": commands.cmd_vms,
         "whoami": commands.cmd_whoami,
+        "audit": commands.cmd_audit,
         "config": commands.cmd_config,
     }
     out = Output(json_mode=bool(getattr(args, "json", False)))

@@ -64,10 +64,30 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """A plain aligned text table; `(none)` when there are no rows."""
     if not rows:
         return "(none)"
+    rows = [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(h).upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """`text` with control and format characters (escape sequences, newlines, bidi overrides) written out as
+    `\\x1b`, `\\n`…, so words from the broker (a justification, a name) cannot steer the terminal or break
+    a table's lines."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _when(at: object) -> str:
+    """A broker timestamp as `2026-05-04 10:42:00Z`; as it came when it does not read as one."""
+    if not at:
+        return ""
+    try:
+        return f"{parse_time(str(at)).astimezone(UTC):%Y-%m-%d %H:%M:%SZ}"
+    except ValueError:
+        return str(at)
 
 
 def grants_table(grants: Sequence[dict[str, Any]], *, show_principal: bool = False) -> str:
@@ -106,6 +126,27 @@ def vms_table(vms: Sequence[dict[str, Any]]) -> str:
             ]
         )
     return table(rows, ["name", "resource group", "ports", "os", "state"])
+
+
+def audit_table(events: Sequence[dict[str, Any]]) -> str:
+    """`jit audit`: one line per event, newest first; the VM by name, reason and detail together."""
+    rows = []
+    for e in events:
+        vm_id = str(e.get("vm_id") or "")
+        why = [str(e[k]) for k in ("reason", "detail") if e.get(k)]
+        rows.append(
+            [
+                _when(e.get("at")),
+                str(e.get("kind") or ""),
+                str(e.get("principal") or ""),
+                vm_id.rstrip("/").rsplit("/", 1)[-1],
+                "" if e.get("port") is None else str(e["port"]),
+                str(e.get("source") or ""),
+                str(e.get("grant_id") or ""),
+                " | ".join(why),
+            ]
+        )
+    return table(rows, ["time", "kind", "who", "vm", "port", "source", "grant", "reason"])
 
 
 def key_values(data: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ refused renewals, revoke warnings, odd connect details.
 It is a `ThreadingHTTPServer` on 127.0.0.1 over plain HTTP (a loopback broker URL `jit` accepts), as the lab's
 token issuer and the identity tests' mini issuer are. Each `(method, path)` has a queue of replies: each
 request takes the next, the last one repeats. Without a script, `GET` and `DELETE` of a grant's path answer
-the grant as `active` / `revoked`. Every request is recorded (method, path, Host header, JSON body, time).
+the grant as `active` / `revoked`. Every request is recorded (method, path, Host header, JSON body, time,
+query string); scripts match on the path alone, so a list's pages are a queue of replies for one path.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Seen:
     authorization: str
     body: Any
     at: float
+    query: str = ""
 
 
 Script = Reply | Callable[[], Reply]
@@ -147,7 +149,7 @@ class FakeBroker:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
-        path = handler.path.split("?", 1)[0]
+        path, _, query = handler.path.partition("?")
         with self._lock:
             self.seen.append(
                 Seen(
@@ -157,6 +159,7 @@ class FakeBroker:
                     handler.headers.get("Authorization", ""),
                     json.loads(raw) if raw else None,
                     time.monotonic(),
+                    query,
                 )
             )
         reply = self._next(handler.command, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from jitcli.completion import SHELLS, describe, script
 from jitcli.config import KEYS
-from jitcli.main import build_parser
+from jitcli.main import AUDIT_KINDS, build_parser
 
 from tests.cli.conftest import jit_command
 
@@ -65,7 +65,7 @@ def test_the_script_names_every_command_and_every_option(shell: str, scripts: di
     text = scripts[shell].read_text()
     commands = commands_and_options()
     assert {path for path, _ in commands} >= {"ssh", "rdp", "grant", "ls", "revoke", "extend", "vms"}
-    assert {path for path, _ in commands} >= {"whoami", "config get", "config set", "completion"}
+    assert {path for path, _ in commands} >= {"whoami", "audit", "config get", "config set", "completion"}
     for path, options in commands:
         for word in path.split():
             assert word in text, (shell, path)
@@ -121,8 +121,13 @@ def test_fish_accepts_the_fish_script(scripts: dict[str, Path]) -> None:
 CASES: list[tuple[tuple[str, ...], set[str]]] = [
     (
         ("jit", ""),
-        {"ssh", "rdp", "grant", "ls", "revoke", "extend", "vms", "whoami", "config", "completion"},
+        {"ssh", "rdp", "grant", "ls", "revoke", "extend", "vms", "whoami", "audit", "config", "completion"},
     ),
+    (("jit", "au"), {"audit"}),
+    (("jit", "audit", "--ki"), {"--kind"}),
+    (("jit", "audit", "--kind", ""), set(AUDIT_KINDS)),
+    (("jit", "audit", "--kind", "or"), {"orphan_removed"}),
+    (("jit", "audit", "--since", ""), set()),  # a time or a duration: nothing to guess
     (("jit", "s"), {"ssh"}),
     (("jit", "ssh", "--dur"), {"--duration"}),
     (("jit", "--broker", "https://b.example", "s"), {"ssh"}),
