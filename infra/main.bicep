@@ -58,6 +58,20 @@ param adminRole string = 'JIT.Admin'
 @description('App role that reads the audit trail (GET /api/v1/audit) but cannot revoke.')
 param auditorRole string = 'JIT.Auditor'
 
+@description('App role that approves grants on VMs tagged jit-approval=required (unless a VM names its own with jit-approvers).')
+param approverRole string = 'JIT.Approver'
+
+@description('How long a request for a VM that needs approval waits for an approver before it expires (ISO 8601).')
+param approvalWait string = 'PT1H'
+
+@description('How long an approval may take to open the door before the grant fails and needs a new approval (ISO 8601).')
+param approvalUseWindow string = 'PT15M'
+
+@minValue(0)
+@maxValue(1440)
+@description('Minutes before a door closes when the "expiring" notification goes out (0: none).')
+param expiringMinutes int = 10
+
 @description('The delegated scope (its value, as the token\'s scp claim carries it) users consent to for the broker\'s API.')
 param apiScope string = 'user_impersonation'
 
@@ -268,6 +282,10 @@ var brokerSettings = {
   JIT_REQUESTER_ROLE: requesterRole
   JIT_ADMIN_ROLE: adminRole
   JIT_AUDITOR_ROLE: auditorRole
+  JIT_APPROVER_ROLE: approverRole
+  JIT_APPROVAL_WAIT: approvalWait
+  JIT_APPROVAL_USE_WINDOW: approvalUseWindow
+  JIT_EXPIRING_MINUTES: string(expiringMinutes)
   JIT_API_SCOPE: apiScope
   JIT_ALLOWED_CLIENT_APPS: join(allowedClientApps, ',')
   JIT_KEY_REFRESH_COOLDOWN_SECONDS: '300'

@@ -9,8 +9,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jitbroker.approvals import ApprovalService
 from jitbroker.audit import AuditAsk, AuditReader
 from jitbroker.config import Settings
 from jitbroker.durations import format_duration, parse_duration
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BODY_BYTES = 16 * 1024
 POLL_AFTER_SECONDS = 2  # a pending grant's NSG pass usually ends within one ARM operation
+APPROVAL_POLL_SECONDS = 5  # a person answers in seconds to minutes
 API_VERSION = "1"
 
 
@@ -55,6 +57,7 @@ class Services:
     grants: GrantService
     verifier: Verifier
     audit: AuditReader | None = None
+    approvals: ApprovalService | None = None
 
 
 # -- request and response models: the OpenAPI document -----------------------------------------------------
@@ -77,6 +80,18 @@ class GrantIn(_Strict):
     )
     source: str | None = Field(default=None, min_length=1, max_length=64, examples=["203.0.113.10/32"])
     justification: str | None = Field(default=None, max_length=500)
+
+
+class ApproveIn(_Strict):
+    """An approver's yes, with an optional reason for the audit trail."""
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class DenyIn(_Strict):
+    """An approver's no: the reason is required, and the requester reads it."""
+
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class ExtendIn(_Strict):
@@ -104,6 +119,18 @@ class ConnectOut(BaseModel):
     os: str | None
 
 
+class ApprovalOut(BaseModel):
+    """A grant's approval, on VMs that need one: who may approve, until when the request waits, the answer."""
+
+    approver_role: str | None
+    wait_until: str | None = Field(description="while awaiting_approval: when the request expires unanswered")
+    requested_duration: str | None
+    decided_by: str | None
+    decided_by_name: str | None
+    decided_at: str | None
+    reason: str | None
+
+
 class GrantOut(BaseModel):
     """A grant, as every grant route returns it."""
 
@@ -124,6 +151,7 @@ class GrantOut(BaseModel):
     nsg_rules: list[RuleOut]
     connect: ConnectOut | None
     warnings: list[str]
+    approval: ApprovalOut | None = None
 
     @classmethod
     def of(cls, grant: Grant) -> GrantOut:
@@ -149,7 +177,24 @@ class GrantOut(BaseModel):
             ],
             connect=ConnectOut(**vars(connect)) if connect else None,
             warnings=list(grant.warnings),
+            approval=_approval(grant),
         )
+
+
+def _approval(grant: Grant) -> ApprovalOut | None:
+    if not grant.approval_required:
+        return None
+    waiting = grant.status is GrantStatus.AWAITING_APPROVAL
+    seconds = grant.requested_seconds
+    return ApprovalOut(
+        approver_role=grant.approver_role,
+        wait_until=_iso(grant.expires_at) if waiting else None,
+        requested_duration=format_duration(timedelta(seconds=seconds)) if seconds else None,
+        decided_by=grant.decided_by,
+        decided_by_name=grant.decided_by_name,
+        decided_at=_iso(grant.decided_at) if grant.decided_at else None,
+        reason=grant.decision_reason,
+    )
 
 
 class GrantList(BaseModel):
@@ -362,11 +407,32 @@ def create_app(
             justification=body.justification,
         )
         grant, created = provide().grants.request(principal, address(request), ask)
-        body_json = GrantOut.of(grant).model_dump(mode="json")
-        if grant.status is GrantStatus.PENDING:
-            headers = {"Location": f"/api/v1/grants/{grant.id}", "Retry-After": str(POLL_AFTER_SECONDS)}
-            return JSONResponse(body_json, status_code=202, headers=headers)
-        return JSONResponse(body_json, status_code=201 if created else 200)
+        return _grant_answer(grant, 201 if created else 200)
+
+    @app.post(
+        "/api/v1/grants/{grant_id}/approve",
+        response_model=GrantOut,
+        tags=["approvals"],
+        responses={202: {"model": GrantOut, "description": "Approved; the door is still being opened"}},
+    )
+    def approve_grant(
+        grant_id: Annotated[str, _grant_id], principal: Caller, body: ApproveIn | None = None
+    ) -> JSONResponse:
+        """Approve a request (the VM's approver role, never your own): the door opens now for the requested
+        duration, counted from this moment."""
+        approvals = _approvals(provide())
+        grant = approvals.approve(principal, grant_id, body.reason if body else None)
+        return _grant_answer(grant, 200)
+
+    @app.post("/api/v1/grants/{grant_id}/deny", response_model=GrantOut, tags=["approvals"])
+    def deny_grant(grant_id: Annotated[str, _grant_id], body: DenyIn, principal: Caller) -> GrantOut:
+        """Deny a request, saying why (the VM's approver role, never your own)."""
+        return GrantOut.of(_approvals(provide()).deny(principal, grant_id, body.reason))
+
+    @app.post("/api/v1/grants/{grant_id}/withdraw", response_model=GrantOut, tags=["approvals"])
+    def withdraw_grant(grant_id: Annotated[str, _grant_id], principal: Caller) -> GrantOut:
+        """Withdraw your request while it waits for an approver (idempotent)."""
+        return GrantOut.of(_approvals(provide()).withdraw(principal, grant_id))
 
     @app.get("/api/v1/grants", response_model=GrantList, tags=["grants"])
     def list_grants(  # noqa: PLR0917 - query parameters, each its own
@@ -378,10 +444,17 @@ def create_app(
         ] = False,
         status: GrantStatus | None = None,
         vm: Annotated[str | None, Query(max_length=400)] = None,
+        awaiting: Annotated[
+            Literal["me"] | None,
+            Query(description="`me`: the requests waiting for an approver that you may approve"),
+        ] = None,
     ) -> GrantList:
         """The caller's grants, newest first; `all=true` for admins; filtered by status and VM name or id;
         paged (`limit`, then follow `nextLink`)."""
-        grants = provide().grants.list_grants(principal, all_grants=all_grants, status=status, vm=vm)
+        if awaiting == "me":
+            grants = _approvals(provide()).awaiting_for(principal)
+        else:
+            grants = provide().grants.list_grants(principal, all_grants=all_grants, status=status, vm=vm)
         shown, next_link = page.cut(grants, request)
         return GrantList(grants=[GrantOut.of(g) for g in shown], nextLink=next_link)
 
@@ -482,6 +555,23 @@ class AuditParams:
 
 
 AuditQueryParams = Annotated[AuditParams, Depends()]
+
+
+def _approvals(services: Services) -> ApprovalService:
+    if services.approvals is None:
+        raise JitError("approvals are not wired in this broker")
+    return services.approvals
+
+
+def _grant_answer(grant: Grant, status: int) -> JSONResponse:
+    """A grant with the status it earned: 202 + `Location` while it waits for an approver or for its NSG
+    writes (poll the grant), else `status`."""
+    body = GrantOut.of(grant).model_dump(mode="json")
+    if grant.status in (GrantStatus.PENDING, GrantStatus.AWAITING_APPROVAL):
+        after = POLL_AFTER_SECONDS if grant.status is GrantStatus.PENDING else APPROVAL_POLL_SECONDS
+        headers = {"Location": f"/api/v1/grants/{grant.id}", "Retry-After": str(after)}
+        return JSONResponse(body, status_code=202, headers=headers)
+    return JSONResponse(body, status_code=status)
 
 
 # -- errors: mapped to JSON in exactly one place -----------------------------------------------------------

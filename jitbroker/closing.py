@@ -1,4 +1,4 @@
-"""Ending grants — revoked, expired or failed — and the NSG passes that take their sources out.
+"""Ending grants — revoked, expired, failed, denied or withdrawn — and the NSG passes that take sources out.
 
 Shared by the lifecycle (a revoke, a failed request) and the sweeper (expiry, stale pending), so the sweep
 needs no policy settings to close a door. A close is recorded before any NSG changes: the audit event,
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from jitbroker import telemetry
 from jitbroker.errors import Conflict, NotFound
+from jitbroker.events import Actor, Event, NoPublisher, Publisher
 from jitbroker.identity.principal import Principal
 from jitbroker.model import AuditEvent, Grant, GrantStatus, Opening
 from jitbroker.reconciler import PassResult, StillWorking
@@ -32,7 +33,15 @@ CLOSE_PENDING_NOTE = (
     "the grant is closed, but its NSG rule could not be updated just now; the sweeper removes the source "
     "from the rule within one sweep interval"
 )
-_EVENT = {GrantStatus.REVOKED: "revoked", GrantStatus.EXPIRED: "expired", GrantStatus.FAILED: "failed"}
+_EVENT = {
+    GrantStatus.REVOKED: "revoked",
+    GrantStatus.EXPIRED: "expired",
+    GrantStatus.FAILED: "failed",
+    GrantStatus.DENIED: "denied",
+    GrantStatus.WITHDRAWN: "withdrawn",
+}
+# The final statuses that notifications tell (a failure is an operator's matter: telemetry and alerts).
+_NOTIFIED = frozenset({"revoked", "expired", "denied", "withdrawn"})
 
 
 class StorePort(Protocol):
@@ -68,12 +77,29 @@ class Closer:
     """Moves open grants to a final status and has their NSGs follow."""
 
     def __init__(
-        self, *, store: StorePort, reconciler: ReconcilerPort, clock: Clock, answer_budget: float = 20.0
+        self,
+        *,
+        store: StorePort,
+        reconciler: ReconcilerPort,
+        clock: Clock,
+        answer_budget: float = 20.0,
+        publisher: Publisher | None = None,
     ) -> None:
         self._store = store
         self._reconciler = reconciler
         self._clock = clock
         self._budget = answer_budget
+        self._publisher: Publisher = publisher or NoPublisher()
+
+    def publish(
+        self, kind: str, grant: Grant | None, by: Principal | None = None, *, reason: str | None = None
+    ) -> None:
+        """Hand a notification to the publisher; it only enqueues, and a failure never reaches the caller."""
+        actor = Actor(by.oid, by.display_name) if by is not None else None
+        try:
+            self._publisher.publish(Event(kind, self._clock(), grant, actor, reason))
+        except Exception:
+            log.exception("could not publish the %s event of grant %s", kind, grant.id if grant else "-")
 
     def close(
         self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None
@@ -81,7 +107,9 @@ class Closer:
         """End a grant and take its source out of its NSGs. A grant already closed is returned unchanged
         after one more pass over its NSGs (a retried revoke converges the rule instead of stopping short).
         If the NSG write fails or runs long, the close stands and the answer's warnings say so."""
-        closed = self.record_closed(grant, status, by=by, reason=reason) if grant.status.is_open else grant
+        closed = self.record_closed(grant, status, by=by, reason=reason) if grant.status.is_live else grant
+        if not grant.status.is_open and grant.status.is_live:
+            return closed  # it waited for an approver: no door was ever opened, no NSG to touch
         try:
             results = self._reconciler.reconcile_all(closed.nsg_ids, timeout=self._budget)
         except StillWorking:
@@ -112,11 +140,13 @@ class Closer:
                 break
             except Conflict:
                 current = self._store.get(grant.id)
-                if not current.status.is_open:
+                if not current.status.is_live:
                     return current
         else:
             raise Conflict(f"grant {grant.id} kept changing; try again")
         self._store.drop_open_rows(closed)
+        if _EVENT.get(status) in _NOTIFIED:
+            self.publish(_EVENT[status], closed, by, reason=reason)
         return closed
 
     def close_many(
@@ -124,7 +154,7 @@ class Closer:
     ) -> CloseReport:
         """Close many grants (the sweeper): record each, then one pass per NSG they touched, in parallel."""
         report = CloseReport()
-        todo = [g for g in grants if g.status.is_open]
+        todo = [g for g in grants if g.status.is_live]
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
             outcomes = pool.map(telemetry.carry(partial(self._try_close, status=status, reason=reason)), todo)
             for grant, outcome in zip(todo, outcomes, strict=True):
@@ -137,7 +167,7 @@ class Closer:
                     report.skipped += 1
                 else:
                     report.errors.append(f"grant {grant.id}: {type(outcome).__name__}: {outcome}")
-            nsgs = sorted({n.lower(): n for g in todo for n in g.nsg_ids}.values())
+            nsgs = sorted({n.lower(): n for g in todo if g.status.is_open for n in g.nsg_ids}.values())
             report.nsgs = len(nsgs)
             for failure in pool.map(telemetry.carry(self._pass), nsgs):
                 if failure is not None:

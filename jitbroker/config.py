@@ -39,6 +39,10 @@ class Settings:
     requester_role: str
     admin_role: str
     auditor_role: str
+    approver_role: str
+    approval_wait: timedelta
+    approval_use_window: timedelta
+    expiring_minutes: int
     api_scope: str
     allowed_client_apps: frozenset[str]
     key_refresh_cooldown_seconds: int
@@ -91,6 +95,10 @@ class Settings:
             requester_role=reader.text("JIT_REQUESTER_ROLE", "JIT.Requester"),
             admin_role=reader.text("JIT_ADMIN_ROLE", "JIT.Admin"),
             auditor_role=reader.text("JIT_AUDITOR_ROLE", "JIT.Auditor"),
+            approver_role=reader.text("JIT_APPROVER_ROLE", "JIT.Approver"),
+            approval_wait=reader.duration("JIT_APPROVAL_WAIT", "PT1H"),
+            approval_use_window=reader.duration("JIT_APPROVAL_USE_WINDOW", "PT15M"),
+            expiring_minutes=reader.integer("JIT_EXPIRING_MINUTES", "10", low=0, high=1440),
             api_scope=reader.parse("JIT_API_SCOPE", _scope_value, "user_impersonation"),
             allowed_client_apps=reader.parse("JIT_ALLOWED_CLIENT_APPS", _client_ids, ""),
             key_refresh_cooldown_seconds=reader.integer(
@@ -147,6 +155,8 @@ class SweepSettings:
     arm_poll_seconds: float
     arm_timeout_seconds: float
     sweep_budget_seconds: float
+    approval_use_window: timedelta
+    expiring_minutes: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SweepSettings:
@@ -165,6 +175,8 @@ class SweepSettings:
             arm_poll_seconds=reader.number("JIT_ARM_POLL_SECONDS", "1", low=0.0, high=60.0),
             arm_timeout_seconds=reader.number("JIT_ARM_TIMEOUT_SECONDS", "60", low=1.0, high=600.0),
             sweep_budget_seconds=reader.number("JIT_SWEEP_BUDGET_SECONDS", "90", low=5.0, high=600.0),
+            approval_use_window=reader.duration("JIT_APPROVAL_USE_WINDOW", "PT15M"),
+            expiring_minutes=reader.integer("JIT_EXPIRING_MINUTES", "10", low=0, high=1440),
         )
         if not settings.priority_min <= settings.priority_max:
             reader.problem("JIT_PRIORITY_MIN must not be above JIT_PRIORITY_MAX")

@@ -58,6 +58,7 @@ class GrantStorePort(Protocol):
     def extend_open_rows(self, grant: Grant) -> None: ...
     def drop_open_rows(self, grant: Grant) -> None: ...
     def mark_active(self, grant: Grant) -> None: ...
+    def awaiting(self) -> list[Grant]: ...
     def openings(self, nsg_id: str) -> list[Opening]: ...
     def list_for_principal(self, oid: str, status: GrantStatus | None = None) -> list[Grant]: ...
     def list_all(self, status: GrantStatus | None = None) -> list[Grant]: ...
@@ -143,12 +144,16 @@ class GrantService:
         """One grant, for its owner or an admin; a pending one is driven on towards active first."""
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "see")
-        if (
-            grant.status is GrantStatus.PENDING
-            and grant.created_at + self._settings.pending_grace > self._clock()
-        ):
+        if grant.status is GrantStatus.PENDING and self._still_fresh(grant):
             return self._settle(grant)
         return grant
+
+    def _still_fresh(self, grant: Grant) -> bool:
+        """A pending grant still worth driving on: within the pending grace of its request, or of its
+        approval for one a person approved (the sweeper undoes it after that)."""
+        if grant.decided_at is not None:
+            return grant.decided_at + self._settings.approval_use_window > self._clock()
+        return grant.created_at + self._settings.pending_grace > self._clock()
 
     def list_grants(
         self,
@@ -228,9 +233,15 @@ class GrantService:
         source = choice.network
         private_ip = policy.choose_private_ip(vm, source)
         now = self._clock().replace(microsecond=0)  # whole seconds, as rule names carry them
+        if vm_policy.approval_required:
+            waiting = self._waiting_request(principal.oid, vm.vm_id, port, now)
+            if waiting is not None:
+                return waiting, False  # the same person asking again while it waits: the same request
 
         existing = self._open_on_path(principal.oid, vm, port, str(source), private_ip=private_ip, now=now)
         if existing is not None:
+            if existing.approval_required:
+                return existing, False  # an approved door is not stretched by asking again: extend it
             return self._extend(existing, duration, now), False
         self._require_within_limits(principal, str(source), now)
 
@@ -251,6 +262,15 @@ class GrantService:
             connect=_connect_info(vm, private_ip),
             nsg_ids=vm.nsg_ids,
         )
+        if vm_policy.approval_required:
+            grant = replace(
+                grant,
+                status=GrantStatus.AWAITING_APPROVAL,
+                expires_at=now + settings.approval_wait,  # the request's own deadline; the door's comes later
+                approval_required=True,
+                approver_role=policy.approver_role(vm_policy, settings),
+                requested_seconds=int(duration.total_seconds()),
+            )
         # Each event is written ahead of the record change it reports: a broker that dies between the two
         # leaves the event (the sweeper then finishes the record), never a record with no event.
         named = (
@@ -260,14 +280,30 @@ class GrantService:
         )
         self._closer.audit("requested", grant, principal, reason=named, detail=justification)
         grant = self._store.create(grant)
+        if grant.status is GrantStatus.AWAITING_APPROVAL:
+            self._closer.publish("requested", grant, principal, reason=justification)
+            return grant, True
+        return self.activate(grant), True
+
+    def activate(self, grant: Grant) -> Grant:
+        """Open a recorded `pending` grant: make its NSGs see it, then wait (within the answer budget) for
+        their passes. Used by a request, and by an approval (`jitbroker.approvals`)."""
         try:
             self._store.open_rows(grant)
             if not self._store.get(grant.id).status.is_open:  # closed while we indexed it (a stalled broker)
                 self._store.drop_open_rows(grant)
-                return self._store.get(grant.id), True
+                return self._store.get(grant.id)
         except Exception as err:
             raise self._fail(grant, err) from err
-        return self._settle(grant), True
+        return self._settle(grant)
+
+    def _waiting_request(self, oid: str, vm_id: str, port: int, now: datetime) -> Grant | None:
+        """The caller's request for this VM and port still waiting for an approver, if any."""
+        for grant in self._store.awaiting():
+            same = grant.principal == oid and grant.vm_id.lower() == vm_id.lower() and grant.port == port
+            if same and grant.expires_at > now:
+                return grant
+        return None
 
     def _require_within_limits(self, principal: Principal, source: str, now: datetime) -> None:
         """A new grant must keep the caller within the per-person limits on open grants and distinct sources
@@ -350,6 +386,7 @@ class GrantService:
             )
             if active.status is GrantStatus.ACTIVE:
                 self._store.mark_active(active)  # its VM now keeps an address it may share
+                self._closer.publish("granted", active)
             return active
         except Exception as err:
             raise self._fail(grant, err) from err
@@ -443,6 +480,8 @@ class GrantService:
                 f"only the grant's owner may extend grant {grant.id}: the broker cannot tell from your token "
                 "whether they may still have it (an admin may revoke it)"
             )
+        if grant.status is GrantStatus.AWAITING_APPROVAL:
+            raise Conflict(f"grant {grant.id} still waits for an approver; its clock starts at approval")
         if not grant.status.is_open:
             raise Conflict(f"grant {grant.id} is {grant.status}; request a new one")
         try:
@@ -522,6 +561,8 @@ class GrantService:
         """Record the grant revoked, then take its source out of every rule; revoking twice is fine."""
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "revoke")
+        if grant.status is GrantStatus.AWAITING_APPROVAL:  # nothing was opened: the request is withdrawn
+            return self._closer.record_closed(grant, GrantStatus.WITHDRAWN, by=principal, reason="withdrawn")
         return self._closer.close(grant, GrantStatus.REVOKED, by=principal)
 
     # -- internals -------------------------------------------------------------------------------------------

@@ -8,18 +8,30 @@ from enum import StrEnum
 
 
 class GrantStatus(StrEnum):
-    """Where a grant is in its lifecycle: pending -> active -> revoked | expired, or failed."""
+    """Where a grant is in its lifecycle (docs/design.md §4):
 
+    [awaiting_approval ->] pending -> active -> revoked | expired, or failed
+    awaiting_approval -> denied | withdrawn | expired (nobody answered in time)
+    """
+
+    AWAITING_APPROVAL = "awaiting_approval"
     PENDING = "pending"
     ACTIVE = "active"
     REVOKED = "revoked"
     EXPIRED = "expired"
     FAILED = "failed"
+    DENIED = "denied"
+    WITHDRAWN = "withdrawn"
 
     @property
     def is_open(self) -> bool:
         """True while the grant may have (or be about to have) a door open."""
         return self in (GrantStatus.PENDING, GrantStatus.ACTIVE)
+
+    @property
+    def is_live(self) -> bool:
+        """True until the grant reaches a final status: open, or still waiting for an approver."""
+        return self.is_open or self is GrantStatus.AWAITING_APPROVAL
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,13 @@ class Grant:
     warnings: tuple[str, ...] = ()
     reason: str | None = None
     nsg_ids: tuple[str, ...] = ()
+    approval_required: bool = False
+    approver_role: str | None = None
+    requested_seconds: int | None = None  # how long the door stays open once approved (the clock starts then)
+    decided_by: str | None = None
+    decided_by_name: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     @property

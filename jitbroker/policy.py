@@ -7,6 +7,10 @@ A VM opts in through tags (names are case-insensitive, as in Azure):
     jit-justification-required  "true"     (optional)
     jit-sources                 "203.0.113.0/24,2001:db8:1::/48"  (optional allow-list of sources callers may
                                            name; when present, every named source must lie inside it)
+    jit-approval                "required" (optional: a second person approves each grant; the clock starts
+                                           at approval)
+    jit-approvers               "JIT.Approver.Prod" (optional app role of this VM's approvers; default the
+                                           broker's JIT_APPROVER_ROLE)
 
 Sources (docs/design.md §5): by default the source is the caller's own address as the platform reports it.
 Naming another one takes a permission — the app role `JIT_SOURCE_OVERRIDE_ROLE`, or the VM's `jit-sources`
@@ -45,6 +49,8 @@ TAG_MAX_DURATION = "jit-max-duration"
 TAG_REQUIRED_ROLE = "jit-required-role"
 TAG_JUSTIFICATION = "jit-justification-required"
 TAG_SOURCES = "jit-sources"
+TAG_APPROVAL = "jit-approval"
+TAG_APPROVERS = "jit-approvers"
 
 PROTOCOL_PORTS = {"ssh": 22, "rdp": 3389}
 _OS_DEFAULT_PROTOCOL = {"linux": "ssh", "windows": "rdp"}
@@ -65,6 +71,8 @@ class VmPolicy:
     # The `jit-sources` allow-list: None without the tag; empty when the tag is empty or malformed (then no
     # source may be named for this VM: a typo never widens what is allowed).
     sources: tuple[IpNetwork, ...] | None = None
+    approval_required: bool = False
+    approver_role: str | None = None  # the VM's approvers' app role when it names one
 
 
 def _tag(tags: Mapping[str, str], name: str) -> str | None:
@@ -93,6 +101,8 @@ def vm_policy(tags: Mapping[str, str]) -> VmPolicy | None:
         required_role=_tag(tags, TAG_REQUIRED_ROLE) or None,
         justification_required=(_tag(tags, TAG_JUSTIFICATION) or "").lower() in ("true", "yes", "1"),
         sources=_allow_list(_tag(tags, TAG_SOURCES)),
+        approval_required=(_tag(tags, TAG_APPROVAL) or "").lower() in ("required", "true", "yes", "1"),
+        approver_role=_tag(tags, TAG_APPROVERS) or None,
     )
 
 
@@ -450,3 +460,16 @@ def check_justification(policy: VmPolicy, justification: str | None) -> str | No
     if text is not None and len(text) > _MAX_JUSTIFICATION:
         raise InvalidRequest(f"justification is longer than {_MAX_JUSTIFICATION} characters")
     return text
+
+
+def approver_role(policy: VmPolicy, settings: Settings) -> str:
+    """The app role whose holders may approve grants on this VM."""
+    return policy.approver_role or settings.approver_role
+
+
+def require_approver(roles: frozenset[str], oid: str, *, requester: str, role: str) -> None:
+    """Only a holder of the VM's approver role approves or denies, and never their own request."""
+    if oid == requester:
+        raise NotAllowed("nobody approves or denies their own request: ask another approver")
+    if role not in roles:
+        raise NotAllowed(f"approving or denying grants on this VM needs the {role} app role")

@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from jitbroker.api import Services, create_app
+from jitbroker.approvals import ApprovalService
 from jitbroker.audit import AuditReader
 from jitbroker.closing import Closer
 from jitbroker.config import Settings, SweepSettings
+from jitbroker.events import Publisher
 from jitbroker.grants import GrantService
 from jitbroker.identity import TokenVerifier
 from jitbroker.readiness import Readiness, ReadinessReport, unavailable
@@ -67,6 +69,7 @@ def build_backend(
     clock: Callable[[], datetime] = utc_now,
     answer_budget: float = 20.0,
     topology: Callable[[AzureClients], TopologyReader] | None = None,
+    publisher: Publisher | None = None,
 ) -> tuple[Backend, TopologyReader | None]:
     """Storage, reconciler, closer and sweeper from the sweeper's settings (the HTTP side adds the rest)."""
     from jitbroker.clients import AzureClients
@@ -92,7 +95,9 @@ def build_backend(
         poll_interval=settings.arm_poll_seconds,
         on_nsg_read=reader.remember_raw_nsg if reader is not None else None,
     )
-    closer = Closer(store=store, reconciler=reconciler, clock=clock, answer_budget=answer_budget)
+    closer = Closer(
+        store=store, reconciler=reconciler, clock=clock, answer_budget=answer_budget, publisher=publisher
+    )
     sweeper = Sweeper(
         closer=closer,
         store=store,
@@ -101,6 +106,8 @@ def build_backend(
         batch=settings.sweep_batch,
         pending_grace=settings.pending_grace,
         budget_seconds=settings.sweep_budget_seconds,
+        approval_use_window=settings.approval_use_window,
+        expiring_minutes=settings.expiring_minutes,
     )
     return Backend(clients, store, reconciler, closer, sweeper), reader
 
@@ -129,7 +136,15 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
     )
     verifier = TokenVerifier.from_settings(settings)
     audit = AuditReader(settings=settings, store=backend.store, clock=clock)
-    services = Services(settings=settings, grants=grants, verifier=verifier, audit=audit)
+    approvals = ApprovalService(
+        settings=settings,
+        store=backend.store,
+        topology=topology,
+        activator=grants,
+        closer=backend.closer,
+        clock=clock,
+    )
+    services = Services(settings=settings, grants=grants, verifier=verifier, audit=audit, approvals=approvals)
     readiness = Readiness(
         {
             "table_storage": backend.store.ping,

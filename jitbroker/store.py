@@ -142,9 +142,15 @@ class GrantStore:
         An open grant's expiry row is written first; a closed grant leaves every index after the record."""
         if grant.etag is None:
             raise ValueError("replace needs the etag of the grant it was read as")
-        if grant.status.is_open:
+        if grant.status.is_live:
             with _upstream("indexing the grant"):
                 self._t("expiry").upsert_entity(_expiry_row(grant))
+                if grant.status is GrantStatus.PENDING and grant.decided_at is not None:
+                    # an approved grant: the sweeper's pending clock starts at the approval
+                    row = {"PartitionKey": _PENDING_PK, "RowKey": escape_key(grant.id), "grant_id": grant.id}
+                    self._t("pending").upsert_entity(
+                        {**row, **_times(grant), "created_at": _iso(grant.decided_at)}
+                    )
         try:
             with _upstream("updating the grant"):
                 meta = self._t("grants").update_entity(
@@ -159,10 +165,13 @@ class GrantStore:
             raise NotFound(f"no grant {grant.id}") from err
         if not grant.status.is_open:
             self.drop_open_rows(grant)
+        if not grant.status.is_live:
             row = _expiry_row(grant)
             self._delete_row("expiry", row["PartitionKey"], row["RowKey"])
         if grant.status is not GrantStatus.PENDING:
             self._delete_row("pending", _PENDING_PK, escape_key(grant.id))
+        if grant.status is not GrantStatus.AWAITING_APPROVAL:
+            self._delete_row("pending", _AWAITING_PK, escape_key(grant.id))
         return replace(grant, etag=meta.get("etag"))
 
     # ------------------------------------------------------------------ the open index
@@ -223,7 +232,9 @@ class GrantStore:
         """Every grant (admins), newest first, optionally one status and one VM (name or resource id).
 
         Open statuses come from the open index; closed ones are history, read page by page to the end."""
-        if status is not None and status.is_open:
+        if status is GrantStatus.AWAITING_APPROVAL:
+            grants = self.awaiting()
+        elif status is not None and status.is_open:
             grants = self.open_grants()
         else:
             grants = [_grant_from(row) for row in self._list("grants")]
@@ -239,6 +250,13 @@ class GrantStore:
             for row in rows
         ]
         return sorted(found, key=lambda p: (p.created_at, p.grant_id))
+
+    def awaiting(self) -> list[Grant]:
+        """Grants waiting for an approver, oldest first (one partition: proportional to what waits)."""
+        rows = self._query("pending", "PartitionKey eq @pk", {"pk": _AWAITING_PK}, page=1000)
+        grants = self._load(str(row["grant_id"]) for row in rows)
+        waiting = [g for g in grants if g.status is GrantStatus.AWAITING_APPROVAL]
+        return sorted(waiting, key=lambda g: (g.created_at, g.id))
 
     def forget_pending(self, grant_id: str) -> None:
         """Drop a pending row whose grant was never recorded (a broker died before the record)."""
@@ -263,7 +281,7 @@ class GrantStore:
                 break
             grant = self._maybe_get(str(row["grant_id"]))
             row_expiry = str(row["RowKey"]).split("|", 1)[0]
-            if grant is None or not grant.status.is_open or _iso(grant.expires_at) != row_expiry:
+            if grant is None or not grant.status.is_live or _iso(grant.expires_at) != row_expiry:
                 if grant is not None or _abandoned(row):
                     self._delete_row("expiry", str(row["PartitionKey"]), str(row["RowKey"]))
                 continue
@@ -382,10 +400,14 @@ class GrantStore:
                 self._t("pending").upsert_entity(
                     {"PartitionKey": _PENDING_PK, "RowKey": gid, "grant_id": grant.id, **_times(grant)}
                 )
+            if grant.status is GrantStatus.AWAITING_APPROVAL:
+                self._t("pending").upsert_entity(
+                    {"PartitionKey": _AWAITING_PK, "RowKey": gid, "grant_id": grant.id, **_times(grant)}
+                )
             self._t("principals").upsert_entity(
                 {"PartitionKey": escape_key(grant.principal), "RowKey": gid, "grant_id": grant.id}
             )
-            if grant.status.is_open:
+            if grant.status.is_live:
                 self._t("expiry").upsert_entity(_expiry_row(grant))
 
     def _delete_row(self, kind: str, pk: str, rk: str) -> None:
@@ -425,6 +447,7 @@ def _upstream(doing: str) -> Iterator[None]:
 
 
 _PENDING_PK = "pending"
+_AWAITING_PK = "awaiting"
 _ALL_OPEN = "~all"
 _ABANDONED = timedelta(minutes=10)
 
@@ -552,6 +575,17 @@ def _grant_entity(grant: Grant) -> dict[str, Any]:
         entity["justification"] = grant.justification
     if grant.reason is not None:
         entity["reason"] = grant.reason
+    if grant.approval_required:
+        entity["approval"] = json.dumps(
+            {
+                "approver_role": grant.approver_role,
+                "requested_seconds": grant.requested_seconds,
+                "decided_by": grant.decided_by,
+                "decided_by_name": grant.decided_by_name,
+                "decided_at": _iso(grant.decided_at) if grant.decided_at else None,
+                "decision_reason": grant.decision_reason,
+            }
+        )
     return entity
 
 
@@ -580,8 +614,25 @@ def _grant_from(entity: Any) -> Grant:
         connect=ConnectInfo(**json.loads(connect)) if connect else None,
         warnings=tuple(json.loads(entity.get("warnings") or "[]")),
         reason=entity.get("reason"),
+        **_approval_from(entity.get("approval")),
         etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
     )
+
+
+def _approval_from(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    approval = json.loads(raw)
+    decided_at = approval.get("decided_at")
+    return {
+        "approval_required": True,
+        "approver_role": approval.get("approver_role"),
+        "requested_seconds": approval.get("requested_seconds"),
+        "decided_by": approval.get("decided_by"),
+        "decided_by_name": approval.get("decided_by_name"),
+        "decided_at": _parse(decided_at) if decided_at else None,
+        "decision_reason": approval.get("decision_reason"),
+    }
 
 
 def _event_from(entity: Any) -> AuditEvent:

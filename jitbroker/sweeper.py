@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNANSWERED_REASON = "nobody approved or denied the request in time; ask again if you still need it"
 STALE_PENDING_REASON = "the broker stopped before the grant became active; the sweeper undid it"
 
 
@@ -79,7 +80,11 @@ class Sweeper:
         workers: int = 8,
         monotonic: Callable[[], float] = time.monotonic,
         interval_seconds: float = 60.0,
+        approval_use_window: timedelta | None = None,
+        expiring_minutes: float = 10.0,
     ) -> None:
+        self._approval_use_window = approval_use_window or pending_grace
+        self._expiring = timedelta(minutes=expiring_minutes)
         self._closer = closer
         self._store = store
         self._reconciler = reconciler
@@ -100,6 +105,7 @@ class Sweeper:
                 deadline = started + self._budget
                 lag = self._expire_due(report, deadline)
                 self._undo_stale_pending(report, deadline)
+                self._warn_expiring()
                 self._remove_orphans(report, deadline)
                 report.out_of_time = self._monotonic() > deadline
             except Exception:
@@ -132,7 +138,11 @@ class Sweeper:
                 lag = max(0.0, (now - oldest).total_seconds())
             if not due:
                 return lag
-            closed = self._close(due, GrantStatus.EXPIRED, "expired", report)
+            unanswered = [g for g in due if g.status is GrantStatus.AWAITING_APPROVAL]
+            opened = [g for g in due if g.status is not GrantStatus.AWAITING_APPROVAL]
+            closed = self._close(opened, GrantStatus.EXPIRED, "expired", report) if opened else 0
+            if unanswered:
+                closed += self._close(unanswered, GrantStatus.EXPIRED, UNANSWERED_REASON, report)
             report.expired += closed
             if closed == 0 or len(due) < self._batch:
                 return lag  # nothing moved (someone else is on it), or that was the last batch
@@ -142,8 +152,11 @@ class Sweeper:
         now = self._clock()
         stale: list[Grant] = []
         for row in self._store.pending():
-            if row.created_at + self._pending_grace > now or self._monotonic() > deadline:
-                break  # oldest first: the rest are younger
+            if self._monotonic() > deadline:
+                break
+            approved = row.grant is not None and row.grant.decided_at is not None
+            if row.created_at + (self._approval_use_window if approved else self._pending_grace) > now:
+                continue  # still within its grace (an approval's own window for an approved grant)
             if row.grant is None or row.grant.status is not GrantStatus.PENDING:
                 self._store.forget_pending(row.grant_id)  # never recorded, or moved on without its row
             else:
@@ -153,6 +166,23 @@ class Sweeper:
                 return
             chunk = stale[start : start + self._batch]
             report.undone += self._close(chunk, GrantStatus.FAILED, STALE_PENDING_REASON, report)
+
+    def _warn_expiring(self) -> None:
+        """Tell people a few minutes before a door closes, so they can extend in time: the grants whose expiry
+        entered the warning window since the previous sweep (one warning each, with no state kept)."""
+        now = self._clock()
+        window_end = now + self._expiring
+        window_start = window_end - timedelta(seconds=self._interval)
+        try:
+            soon = self._store.due(before=window_end, limit=self._batch)
+        except Exception:
+            log.warning("sweep: could not read the grants about to expire", exc_info=True)
+            return
+        for grant in soon:
+            if grant.status is GrantStatus.ACTIVE and window_start < grant.expires_at <= window_end:
+                self._closer.publish(
+                    "expiring", grant, reason=f"the door closes at {grant.expires_at:%H:%M} UTC"
+                )
 
     def _close(self, grants: list[Grant], status: GrantStatus, reason: str, report: SweepReport) -> int:
         done = self._closer.close_many(grants, status, reason=reason, workers=self._workers)
@@ -227,3 +257,4 @@ class Sweeper:
                 self._store.record(event)
             except Exception:
                 log.exception("could not audit the removal of orphan rule %s", name)
+            self._closer.publish("orphan_removed", None, reason=event.reason)

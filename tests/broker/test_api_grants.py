@@ -250,7 +250,7 @@ def test_vms_lists_what_the_caller_may_request(as_user) -> None:
 def test_whoami_shows_the_principal_roles_and_address(as_user, scenario) -> None:
     me = as_user("carol", address="198.51.100.1, 203.0.113.20:4444").get("/api/v1/whoami").json()
     assert me["principal"] == scenario.user("carol").oid
-    assert me["roles"] == ["JIT.Admin", "JIT.Requester"]
+    assert me["roles"] == ["JIT.Admin", "JIT.Approver", "JIT.Requester"]
     assert me["is_admin"] is True
     assert me["address"] == "203.0.113.20"  # the right-most X-Forwarded-For element, port stripped
 

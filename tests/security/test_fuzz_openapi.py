@@ -74,6 +74,13 @@ RUNS = [
     Run("GET /api/v1/vms", 1),
     Run("GET /api/v1/whoami", 1),
     Run("GET /api/health", 1),
+    Run("GET /api/ready", 1),
+    Run("GET /api/v1/audit", 2),
+    Run("POST /api/v1/grants/{grant_id}/approve", 1),
+    Run("POST /api/v1/grants/{grant_id}/approve", 1, steer="real grant"),
+    Run("POST /api/v1/grants/{grant_id}/deny", 1),
+    Run("POST /api/v1/grants/{grant_id}/withdraw", 1),
+    Run("POST /api/v1/grants/{grant_id}/withdraw", 1, steer="real grant"),
 ]
 
 
