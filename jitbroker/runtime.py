@@ -112,8 +112,14 @@ def build_backend(
     return Backend(clients, store, reconciler, closer, sweeper), reader
 
 
-def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Broker:
-    """Build every part from settings; `clock` is injectable so tests can sweep at a chosen time."""
+def build(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    publisher: Publisher | None = None,
+) -> Broker:
+    """Build every part from settings; `clock` is injectable so tests can sweep at a chosen time, and
+    `publisher` receives the lifecycle's events (notifications)."""
     from jitbroker.topology import TopologyReader
 
     backend, topology = build_backend(
@@ -123,6 +129,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Bro
         topology=lambda clients: TopologyReader(
             clients, cache_seconds=settings.topology_cache_seconds, clock=clock
         ),
+        publisher=publisher,
     )
     assert topology is not None
     grants = GrantService(
