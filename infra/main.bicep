@@ -78,6 +78,9 @@ param apiScope string = 'user_impersonation'
 @description('Client app ids allowed to call the broker (the token\'s azp/appid); empty allows any client app of the tenant.')
 param allowedClientApps array = []
 
+@description('Client id the web page signs in with (MSAL.js, docs/web.md); empty: the broker\'s own app registration, whose SPA redirect URI app-registration.sh adds.')
+param webClientId string = ''
+
 @description('Client apps App Service Authentication lets through; default the Azure CLI (jit, az, azd use it).')
 param allowedClientApplications array = [
   '04b07795-8ddb-461a-bbee-02f9e1bf7b46'
@@ -189,12 +192,37 @@ param storageSkuName string = 'Standard_ZRS'
 @description('E-mail address the broker\'s alerts notify (azd env JIT_ALERT_EMAIL); empty: no action group, the alerts only show in Azure Monitor.')
 param alertEmail string = ''
 
+// --- Notifications (docs/notifications.md): events through a Storage queue to webhooks ---
+
+@description('Queue the lifecycle events go through (the Functions host adds <name>-poison for failed deliveries).')
+@minLength(3)
+@maxLength(56)
+param eventsQueue string = 'jit-events'
+
+@secure()
+@description('JIT_WEBHOOKS: a JSON list of {"url", "format": "generic"|"teams"|"slack", "events"}; empty: notifications off. Kept in Key Vault (its URLs carry their channels\' tokens).')
+param webhooks string = ''
+
+@secure()
+@description('JIT_WEBHOOK_SECRET: the HMAC-SHA256 key that signs generic webhooks (at least 16 characters). Kept in Key Vault.')
+param webhookSecret string = ''
+
+@description('The broker\'s public URL for the approve link in notifications; empty: https://<function app>.azurewebsites.net.')
+param publicUrl string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
   app: 'jit-broker'
 }
 var functionAppName = 'func-jit-${resourceToken}'
+var keyVaultName = 'kv-jit-${resourceToken}'
+var webhooksSecretName = 'jit-webhooks'
+var webhookSecretName = 'jit-webhook-secret'
+var webhooksReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${webhooksSecretName})'
+var webhookSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${webhookSecretName})'
+var webhooksToStore = empty(webhooks) ? {} : { '${webhooksSecretName}': webhooks }
+var webhookSecretToStore = empty(webhookSecret) ? {} : { '${webhookSecretName}': webhookSecret }
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var appIdUri = empty(apiAppIdUri) ? 'api://${apiClientId}' : apiAppIdUri
 var requestedScopes = filter(split(jitScopes, ','), s => !empty(s))
@@ -245,6 +273,23 @@ module storage 'core/storage/storage-account.bicep' = {
       '${tablePrefix}expiry'
       '${tablePrefix}audit'
     ]
+    queues: [
+      eventsQueue
+      '${eventsQueue}-poison'
+    ]
+  }
+}
+
+// The notification secrets, written only when given (azd env JIT_WEBHOOKS, JIT_WEBHOOK_SECRET); the app settings
+// reference them, so an operator may also set them with az keyvault secret set.
+module keyVault 'core/security/key-vault.bicep' = {
+  name: 'key-vault'
+  scope: rg
+  params: {
+    name: keyVaultName
+    location: location
+    tags: tags
+    secrets: union(webhooksToStore, webhookSecretToStore)
   }
 }
 
@@ -255,6 +300,7 @@ module rbac 'app/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     principalId: identity.outputs.principalId
+    keyVaultName: keyVault.outputs.name
   }
 }
 
@@ -289,6 +335,7 @@ var brokerSettings = {
   JIT_API_SCOPE: apiScope
   JIT_ALLOWED_CLIENT_APPS: join(allowedClientApps, ',')
   JIT_KEY_REFRESH_COOLDOWN_SECONDS: '300'
+  JIT_WEB_CLIENT_ID: webClientId
   JIT_ALLOWED_SCOPES: join(effectiveScopes, ',')
   JIT_PRIORITY_MIN: string(priorityMin)
   JIT_PRIORITY_MAX: string(priorityMax)
@@ -316,6 +363,15 @@ var brokerSettings = {
   JIT_SWEEP_BATCH: string(sweepBatch)
   JIT_PENDING_GRACE: pendingGrace
   JIT_SWEEP_BUDGET_SECONDS: sweepBudgetSeconds
+  // Notifications: the events queue by identity; the webhooks and their signing key as Key Vault references
+  // (empty when not given: notifications off). JIT_QUEUE_CONNECTION_STRING is the lab's (Azurite's) way in:
+  // empty here, no keys in Azure.
+  JIT_EVENTS_QUEUE: eventsQueue
+  JIT_QUEUE_ENDPOINT: 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}'
+  JIT_QUEUE_CONNECTION_STRING: ''
+  JIT_WEBHOOKS: empty(webhooks) ? '' : webhooksReference
+  JIT_WEBHOOK_SECRET: empty(webhookSecret) ? '' : webhookSecretReference
+  JIT_PUBLIC_URL: empty(publicUrl) ? 'https://${functionAppName}.azurewebsites.net' : publicUrl
 }
 
 module broker 'app/broker.bicep' = {
@@ -323,6 +379,7 @@ module broker 'app/broker.bicep' = {
   scope: rg
   dependsOn: [
     rbac
+    keyVault
   ]
   params: {
     name: functionAppName
@@ -399,3 +456,5 @@ output JIT_BROKER_PRINCIPAL_ID string = identity.outputs.principalId
 output JIT_BROKER_ROLE_ID string = brokerRole.outputs.id
 output JIT_ALERT_ACTION_GROUP_ID string = operations.outputs.actionGroupId
 output JIT_OPERATIONS_WORKBOOK_ID string = operations.outputs.workbookId
+output JIT_KEY_VAULT_NAME string = keyVault.outputs.name
+output JIT_EVENTS_QUEUE string = eventsQueue

@@ -46,6 +46,7 @@ class Settings:
     api_scope: str
     allowed_client_apps: frozenset[str]
     key_refresh_cooldown_seconds: int
+    web_client_id: str | None
 
     allowed_scopes: tuple[str, ...]
     priority_min: int
@@ -104,6 +105,7 @@ class Settings:
             key_refresh_cooldown_seconds=reader.integer(
                 "JIT_KEY_REFRESH_COOLDOWN_SECONDS", "300", low=10, high=3600
             ),
+            web_client_id=reader.parse("JIT_WEB_CLIENT_ID", _optional_client_id, ""),
             allowed_scopes=reader.parse("JIT_ALLOWED_SCOPES", _scopes),
             priority_min=reader.integer("JIT_PRIORITY_MIN", "100", low=100, high=4096),
             priority_max=reader.integer("JIT_PRIORITY_MAX", "199", low=100, high=4096),
@@ -339,9 +341,213 @@ def _scope_value(raw: str) -> str:
 _CLIENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _optional_client_id(raw: str) -> str | None:
+    """The web page's client id (docs/web.md); empty: the broker's own app registration."""
+    if not raw.strip():
+        return None
+    if not _CLIENT_ID.fullmatch(raw.strip().lower()):
+        raise ValueError("not a client id (GUID)")
+    return raw.strip().lower()
+
+
 def _client_ids(raw: str) -> frozenset[str]:
     ids = frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
     wrong = sorted(client for client in ids if not _CLIENT_ID.fullmatch(client))
     if wrong:
         raise ValueError(f"not client ids (GUIDs): {', '.join(wrong)}")
     return ids
+
+
+# ---------------------------------------------------------------- notifications (docs/notifications.md)
+
+WEBHOOK_FORMATS = ("generic", "teams", "slack")
+WEBHOOK_SECRET_MIN_LENGTH = 16
+_WEBHOOK_KEYS = frozenset({"url", "format", "events", "name"})
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,55}")
+
+
+@dataclass(frozen=True, repr=False)
+class WebhookTarget:
+    """One outgoing webhook: where (its URL is a secret: never printed), which format, which event kinds.
+
+    `name` identifies it in queue messages, logs and the poison queue (the URL never goes there); `events`
+    empty means every kind.
+    """
+
+    name: str
+    url: str
+    format: str = "generic"
+    events: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"WebhookTarget(name={self.name!r}, format={self.format!r}, events={sorted(self.events)!r})"
+
+    def wants(self, kind: str) -> bool:
+        """Whether this webhook receives events of `kind`."""
+        return not self.events or kind in self.events
+
+
+@dataclass(frozen=True, repr=False)
+class NotifySettings:
+    """Where lifecycle events go: the events queue and the webhooks its worker delivers them to.
+
+    Read on their own (like `SweepSettings`), so a notification setting the sweeper cannot use never stops
+    expiry; the HTTP side reads them at start and refuses to start on a malformed one. No webhooks: off.
+    """
+
+    events_queue: str
+    queue_endpoint: str | None
+    queue_connection_string: str | None
+    webhooks: tuple[WebhookTarget, ...]
+    webhook_secret: str | None
+    public_url: str | None
+    azure_client_id: str | None
+
+    def __repr__(self) -> str:  # the connection string, the secret and the webhook URLs are never printed
+        where = self.queue_endpoint or ("a connection string" if self.queue_connection_string else None)
+        return f"NotifySettings(queue={self.events_queue!r} at {where!r}, webhooks={list(self.webhooks)!r})"
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one webhook is configured."""
+        return bool(self.webhooks)
+
+    @property
+    def poison_queue(self) -> str:
+        """Where the Functions host moves a message after its last failed try (`<queue>-poison`)."""
+        return f"{self.events_queue}-poison"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> NotifySettings:
+        """Read and validate the notification settings; `ConfigError` names each bad one."""
+        reader = _Reader(os.environ if environ is None else environ)
+        settings = cls(
+            events_queue=reader.parse("JIT_EVENTS_QUEUE", _queue_name, "jit-events"),
+            queue_endpoint=reader.parse("JIT_QUEUE_ENDPOINT", _optional_https_url, ""),
+            queue_connection_string=reader.optional("JIT_QUEUE_CONNECTION_STRING"),
+            webhooks=_parse_secret(reader, "JIT_WEBHOOKS", _webhooks, "[]"),
+            webhook_secret=reader.optional("JIT_WEBHOOK_SECRET"),
+            public_url=reader.parse("JIT_PUBLIC_URL", _optional_public_url, ""),
+            azure_client_id=reader.optional("AZURE_CLIENT_ID"),
+        )
+        if settings.webhooks:
+            if not (settings.queue_connection_string or settings.queue_endpoint):
+                reader.problem(
+                    "JIT_WEBHOOKS needs the events queue: set JIT_QUEUE_ENDPOINT (Azure) "
+                    "or JIT_QUEUE_CONNECTION_STRING (local)"
+                )
+            if any(hook.format == "generic" for hook in settings.webhooks):
+                _check_webhook_secret(reader, settings.webhook_secret)
+        reader.raise_if_any()
+        return settings
+
+
+def _parse_secret(reader: _Reader, name: str, convert: Callable[[str], T], default: str) -> T:
+    """`reader.parse` without the raw value in the message: webhook URLs carry their channels' tokens."""
+    raw = reader._raw(name, default)  # the reader's own module
+    try:
+        return convert(raw or default)
+    except ValueError as err:
+        reader._problems.append(f"{name}: {err}")
+        return None  # type: ignore[return-value]  # never returned to a caller: raise_if_any follows
+
+
+def _check_webhook_secret(reader: _Reader, secret: str | None) -> None:
+    if not secret:
+        reader.problem("JIT_WEBHOOK_SECRET is required when JIT_WEBHOOKS has a generic webhook (it signs it)")
+    elif secret.startswith("@Microsoft.KeyVault("):
+        reader.problem(
+            "JIT_WEBHOOK_SECRET is a Key Vault reference the platform could not resolve: check the secret "
+            "exists and the app's identity may read it (Key Vault Secrets User, keyVaultReferenceIdentity)"
+        )
+    elif len(secret) < WEBHOOK_SECRET_MIN_LENGTH:
+        reader.problem(f"JIT_WEBHOOK_SECRET must be at least {WEBHOOK_SECRET_MIN_LENGTH} characters")
+
+
+def _queue_name(raw: str) -> str:
+    if not _QUEUE_NAME.fullmatch(raw):
+        raise ValueError(
+            "must be 3 to 56 lowercase letters, digits and single hyphens, starting and ending with a letter "
+            "or digit (the poison queue adds -poison)"
+        )
+    return raw
+
+
+def _optional_https_url(raw: str) -> str | None:
+    return _https_url(raw) if raw else None
+
+
+def _http_target(raw: str) -> str:
+    """https://, or http:// to this machine only (the lab's broker and webhook receiver)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw)
+    if parts.scheme == "https" and parts.hostname:
+        return raw
+    if parts.scheme == "http" and (parts.hostname or "").lower() in _LOOPBACK_HOSTS:
+        return raw
+    raise ValueError("must be an https:// URL (http:// only to 127.0.0.1, localhost or [::1])")
+
+
+def _optional_public_url(raw: str) -> str | None:
+    return _http_target(raw).rstrip("/") if raw else None
+
+
+def _webhooks(raw: str) -> tuple[WebhookTarget, ...]:
+    """`JIT_WEBHOOKS`: a JSON list of {"url", "format" (generic|teams|slack), "events" (optional), "name"}."""
+    import json
+
+    if raw.startswith("@Microsoft.KeyVault("):
+        raise ValueError(
+            "is a Key Vault reference the platform could not resolve: check the secret exists and the app's "
+            "identity may read it (Key Vault Secrets User, keyVaultReferenceIdentity)"
+        )
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"is not JSON ({err.msg} at character {err.pos})") from None
+    if not isinstance(items, list):
+        raise ValueError('must be a JSON list of {"url": ..., "format": "generic"|"teams"|"slack"}')
+    targets: list[WebhookTarget] = []
+    for number, item in enumerate(items, 1):
+        target = _webhook(f"webhook {number}", item)
+        if any(other.name == target.name for other in targets):
+            raise ValueError(
+                f"webhook {number}: another webhook has the name {target.name!r} (or the same url)"
+            )
+        targets.append(target)
+    return tuple(targets)
+
+
+def _webhook(where: str, item: object) -> WebhookTarget:
+    import hashlib
+
+    from jitbroker.events import KINDS  # here, not at the top: only a configured broker reads webhooks
+
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is not an object")
+    unknown = sorted(set(item) - _WEBHOOK_KEYS)
+    if unknown:
+        known = "url, format, events, name"
+        raise ValueError(f"{where} has unknown keys {', '.join(unknown)} (known: {known})")
+    url = item.get("url")
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"{where} needs a url")
+    try:
+        _http_target(url)
+    except ValueError as err:
+        raise ValueError(f"{where}: url {err}") from None
+    kind = item.get("format", "generic")
+    if kind not in WEBHOOK_FORMATS:
+        raise ValueError(f"{where}: format must be one of {', '.join(WEBHOOK_FORMATS)}")
+    events = item.get("events", [])
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise ValueError(f"{where}: events must be a list of event kinds")
+    wrong = sorted(set(events) - set(KINDS))
+    if wrong:
+        raise ValueError(f"{where}: unknown events {', '.join(wrong)} (known: {', '.join(KINDS)})")
+    name = item.get("name") or hashlib.sha256(url.encode()).hexdigest()[:12]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ValueError(f"{where}: name must be 1 to 64 letters, digits, '.', '_' or '-'")
+    return WebhookTarget(name=name, url=url, format=kind, events=frozenset(events))

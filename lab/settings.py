@@ -41,8 +41,13 @@ def broker_settings(
     allowed_scopes: str = DEMO_ALLOWED_SCOPES,
     token_versions: str = "2",  # noqa: S107 - versions, not a secret
     overrides: Mapping[str, str] | None = None,
+    queue_connection_string: str | None = None,
 ) -> dict[str, str]:
-    """The environment for a broker process in this lab; `overrides` replace or add names last."""
+    """The environment for a broker process in this lab; `overrides` replace or add names last.
+
+    The events queue is reached with `queue_connection_string`, by default the table's (Azurite's string
+    names both endpoints).
+    """
     tenant = scenario.tenant
     settings = {
         "FUNCTIONS_WORKER_RUNTIME": "python",
@@ -64,6 +69,8 @@ def broker_settings(
         "JIT_API_SCOPE": "user_impersonation",
         "JIT_ALLOWED_CLIENT_APPS": "",
         "JIT_KEY_REFRESH_COOLDOWN_SECONDS": "300",
+        # The web page (docs/web.md) signs in as the broker's own app registration, as in Azure by default.
+        "JIT_WEB_CLIENT_ID": "",
         "JIT_ALLOWED_SCOPES": allowed_scopes,
         "JIT_PRIORITY_MIN": "100",
         "JIT_PRIORITY_MAX": "199",
@@ -94,6 +101,14 @@ def broker_settings(
         "JIT_SWEEP_BATCH": "200",
         "JIT_PENDING_GRACE": "PT2M",
         "JIT_SWEEP_BUDGET_SECONDS": "90",
+        # Notifications (docs/notifications.md): Azurite's queue by connection string; no webhooks unless a
+        # test or the demo names its receiver (lab.webhooks.WebhookReceiver.settings() as overrides).
+        "JIT_EVENTS_QUEUE": "jit-events",
+        "JIT_QUEUE_ENDPOINT": "",
+        "JIT_QUEUE_CONNECTION_STRING": queue_connection_string or table_connection_string,
+        "JIT_WEBHOOKS": "",
+        "JIT_WEBHOOK_SECRET": "",
+        "JIT_PUBLIC_URL": "",
         # What Azure Functions provides to a managed-identity app, served by the lab's token issuer.
         "IDENTITY_ENDPOINT": identity_endpoint,
         "IDENTITY_HEADER": identity_header,
@@ -136,4 +151,6 @@ def redacted(settings: Mapping[str, str]) -> dict[str, str]:
     masked = dict(settings)
     if masked.get("IDENTITY_HEADER"):
         masked["IDENTITY_HEADER"] = "***"
+    if masked.get("JIT_WEBHOOK_SECRET"):  # set only when a test or the demo turns webhooks on
+        masked["JIT_WEBHOOK_SECRET"] = "***"  # noqa: S105 - the mask, not a secret
     return masked

@@ -24,7 +24,7 @@ param identityId string
 @description('Client id of the user-assigned identity (AZURE_CLIENT_ID, AzureWebJobsStorage__clientId).')
 param identityClientId string
 
-@description('Storage account for host storage, the deployment package and the broker tables.')
+@description('Storage account for host storage, the deployment package, the broker tables and its events queue.')
 param storageAccountName string
 
 @description('Blob container holding the deployment package.')
@@ -69,6 +69,7 @@ param allowedClientApplications array = []
 
 var storageSuffix = environment().suffixes.storage
 var blobServiceUri = 'https://${storageAccountName}.blob.${storageSuffix}'
+var queueServiceUri = 'https://${storageAccountName}.queue.${storageSuffix}'
 
 // Identity-based host storage: no connection string, no key. __credential/__clientId pick the user-assigned
 // identity; the host builds its blob (state, timer locks), queue and table (diagnostic events) clients from these URIs.
@@ -76,8 +77,13 @@ var hostSettings = {
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   AzureWebJobsStorage__blobServiceUri: blobServiceUri
-  AzureWebJobsStorage__queueServiceUri: 'https://${storageAccountName}.queue.${storageSuffix}'
+  AzureWebJobsStorage__queueServiceUri: queueServiceUri
   AzureWebJobsStorage__tableServiceUri: 'https://${storageAccountName}.table.${storageSuffix}'
+  // The notifications' queue trigger (function_app.py, connection "JitEvents"): an identity-based connection
+  // to the events queue's account, as the user-assigned identity (docs/notifications.md).
+  JitEvents__queueServiceUri: queueServiceUri
+  JitEvents__credential: 'managedidentity'
+  JitEvents__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   // host.json's telemetryMode OpenTelemetry: the Python worker exports through OpenTelemetry too, so the
@@ -106,6 +112,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     // checkov:skip=CKV_AZURE_212: Flex Consumption scales out per demand; a failover minimum does not apply to the FC1 plan.
     serverFarmId: planId
     httpsOnly: true
+    // Key Vault references (JIT_WEBHOOKS, JIT_WEBHOOK_SECRET) resolve as the user-assigned identity.
+    keyVaultReferenceIdentity: identityId
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
     siteConfig: {

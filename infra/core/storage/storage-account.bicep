@@ -1,6 +1,7 @@
 // The one storage account: the Functions host's storage (AzureWebJobsStorage, timer locks), the Flex deployment
-// package container, and the broker's tables. Reached by Entra ID only: shared keys and SAS are off.
-metadata description = 'Storage account reached by managed identity only, with blob containers and tables.'
+// package container, the broker's tables and its notification events queue (with the poison queue the
+// Functions host moves failed messages to). Reached by Entra ID only: shared keys and SAS are off.
+metadata description = 'Storage account reached by managed identity only, with blob containers, tables and queues.'
 
 @description('Storage account name (3-24 lowercase letters and digits).')
 @minLength(3)
@@ -18,6 +19,9 @@ param containers array = []
 
 @description('Tables to create.')
 param tables array = []
+
+@description('Queues to create.')
+param queues array = []
 
 @description('Replication; zone-redundant by default so one zone outage does not lose grants in flight.')
 @allowed([
@@ -118,6 +122,18 @@ resource storageTables 'Microsoft.Storage/storageAccounts/tableServices/tables@2
   for table in tables: {
     parent: tableService
     name: table
+  }
+]
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource storageQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
+  for queue in queues: {
+    parent: queueService
+    name: queue
   }
 ]
 
