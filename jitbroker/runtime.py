@@ -189,7 +189,13 @@ def broker() -> Broker:
     global _broker  # noqa: PLW0603 - one broker per process is the point
     with _lock:
         if _broker is None:
-            _broker = build(Settings.from_env())
+            from jitbroker import notify
+            from jitbroker.config import NotifySettings
+
+            settings = Settings.from_env()
+            # A malformed notification setting stops the HTTP side at start, where someone sees it.
+            publisher = notify.publisher_from_settings(NotifySettings.from_env())
+            _broker = build(settings, publisher=publisher)
         return _broker
 
 
@@ -212,7 +218,12 @@ def sweeper() -> Sweeper:
         if _broker is not None:
             return _broker.sweeper
         if _sweeper is None:
-            _sweeper = build_backend(SweepSettings.from_env())[0].sweeper
+            from jitbroker import notify
+
+            # Expiry runs whatever the notification settings say: a bad one is logged, events are dropped.
+            _sweeper = build_backend(SweepSettings.from_env(), publisher=notify.publisher_from_env())[
+                0
+            ].sweeper
         return _sweeper
 
 

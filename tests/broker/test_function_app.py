@@ -29,7 +29,7 @@ def index_function_app() -> list[func.decorators.function_app.Function]:
 
 def test_function_app_registers_exactly_the_http_api_and_the_sweep_timer() -> None:
     functions = {str(f.get_function_name()): f for f in index_function_app()}
-    assert sorted(functions) == ["api", "sweep"]
+    assert sorted(functions) == ["api", "deliver", "sweep"]
 
     (http_in, http_out) = (b.get_dict_repr() for b in functions["api"].get_bindings())
     assert http_in["type"] == "httpTrigger"

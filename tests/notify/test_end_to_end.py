@@ -83,3 +83,50 @@ def test_a_webhook_that_keeps_failing_ends_in_the_poison_queue(lab_notifications
     assert json.loads(poisoned[0])["webhook"] == "lab-generic"
     assert receiver.attempts == MAX_DEQUEUE_COUNT
     assert "the message goes to" in broker.deliver_log.read_text()
+
+
+def test_a_real_approval_round_trip_notifies_the_approvers_and_the_requester(
+    lab_notifications, token_for, scenario
+) -> None:
+    """Through the broker's own API: bob asks for prod-01, carol approves, bob revokes — each step arrives at
+    the webhook signed, the request carrying the command an approver runs."""
+    import httpx
+
+    broker, receiver, _ = lab_notifications
+
+    def client(name: str) -> httpx.Client:
+        headers = {
+            "Authorization": f"Bearer {token_for(name)}",
+            "X-Forwarded-For": scenario.user(name).address or "203.0.113.99",
+        }
+        return httpx.Client(base_url=broker.url, headers=headers, timeout=60)
+
+    with client("bob") as bob, client("carol") as carol:
+        grant = bob.post("/api/v1/grants", json={"vm": "prod-01", "duration": "PT10M"}).json()
+        assert grant["status"] == "awaiting_approval"
+        assert carol.post(
+            f"/api/v1/grants/{grant['id']}/approve", json={"reason": "on call"}
+        ).status_code in (
+            200,
+            202,
+        )
+        assert bob.delete(f"/api/v1/grants/{grant['id']}").json()["status"] == "revoked"
+
+    deadline = time.monotonic() + 60
+    generic: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        generic = [
+            d.json
+            for d in list(receiver.received)
+            if isinstance(d.json, dict) and (d.json.get("grant") or {}).get("id") == grant["id"]
+        ]
+        if {"requested", "approved", "granted", "revoked"} <= {str(g["event"]) for g in generic}:
+            break
+        time.sleep(0.2)
+    assert {"requested", "approved", "granted", "revoked"} <= {str(g["event"]) for g in generic}, generic
+    requested = next(g for g in generic if g["event"] == "requested")
+    assert requested["approve"]["command"] == f"jit approve {grant['id']}"  # type: ignore[index]
+    approved = next(g for g in generic if g["event"] == "approved")
+    assert approved["reason"] == "on call" and approved["actor"]["name"]  # type: ignore[index]
+    signed = [d for d in list(receiver.received) if isinstance(d.json, dict) and d.json.get("event")]
+    assert signed and all(d.verified for d in signed)
