@@ -35,7 +35,7 @@ class ApprovalStorePort(Protocol):
     """What approvals need from the store (implemented by `jitbroker.store.GrantStore`)."""
 
     def get(self, grant_id: str) -> Grant: ...
-    def replace(self, grant: Grant) -> Grant: ...
+    def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant: ...
     def awaiting(self) -> list[Grant]: ...
 
 
@@ -107,7 +107,8 @@ class ApprovalService:
                 decided_at=now,
                 decision_reason=reason,
                 nsg_ids=vm.nsg_ids,
-            )
+            ),
+            before=grant,
         )
         self._closer.publish("approved", approved, principal, reason=reason)
         return self._activator.activate(approved)

@@ -48,7 +48,7 @@ class StorePort(Protocol):
     """What closing needs from the store (implemented by `jitbroker.store.GrantStore`)."""
 
     def get(self, grant_id: str) -> Grant: ...
-    def replace(self, grant: Grant) -> Grant: ...
+    def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant: ...
     def drop_open_rows(self, grant: Grant) -> None: ...
     def record(self, event: AuditEvent) -> None: ...
     def openings(self, nsg_id: str) -> list[Opening]: ...
@@ -135,7 +135,7 @@ class Closer:
         for _ in range(3):
             try:
                 closed = self._store.replace(
-                    replace(current, status=status, reason=reason, updated_at=self._clock())
+                    replace(current, status=status, reason=reason, updated_at=self._clock()), before=current
                 )
                 break
             except Conflict:
@@ -144,7 +144,6 @@ class Closer:
                     return current
         else:
             raise Conflict(f"grant {grant.id} kept changing; try again")
-        self._store.drop_open_rows(closed)
         if _EVENT.get(status) in _NOTIFIED:
             self.publish(_EVENT[status], closed, by, reason=reason)
         return closed

@@ -53,13 +53,14 @@ class GrantStorePort(Protocol):
 
     def create(self, grant: Grant) -> Grant: ...
     def get(self, grant_id: str) -> Grant: ...
-    def replace(self, grant: Grant) -> Grant: ...
+    def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant: ...
     def open_rows(self, grant: Grant) -> None: ...
     def extend_open_rows(self, grant: Grant) -> None: ...
     def drop_open_rows(self, grant: Grant) -> None: ...
     def mark_active(self, grant: Grant) -> None: ...
     def awaiting(self) -> list[Grant]: ...
-    def openings(self, nsg_id: str) -> list[Opening]: ...
+    def openings(self, nsg_id: str, *, private_ip: str | None = None) -> list[Opening]: ...
+    def open_for_principal(self, oid: str) -> list[Opening]: ...
     def list_for_principal(self, oid: str, status: GrantStatus | None = None) -> list[Grant]: ...
     def list_all(self, status: GrantStatus | None = None) -> list[Grant]: ...
 
@@ -310,11 +311,7 @@ class GrantService:
         (a re-request that extends an open grant never gets here). Concurrent requests by one person may
         each pass before either is recorded: the limits hold to within the requests in flight."""
         settings = self._settings
-        mine = [
-            g
-            for g in self._store.list_for_principal(principal.oid)
-            if g.status.is_open and g.expires_at > now
-        ]
+        mine = [o for o in self._store.open_for_principal(principal.oid) if o.expires_at > now]
         if len(mine) >= settings.max_open_grants_per_principal:
             soonest = min(g.expires_at for g in mine)
             raise TooManyGrants(
@@ -342,7 +339,7 @@ class GrantService:
         """The caller's open grant for this VM, port and source, if any; refuses a VM whose private address
         another VM behind the same NSG holds a grant for (a rule could not tell them apart)."""
         for nsg_id in vm.nsg_ids:
-            for opening in self._store.openings(nsg_id):
+            for opening in self._store.openings(nsg_id, private_ip=private_ip):
                 if opening.expires_at <= now or opening.private_ip != private_ip:
                     continue
                 if opening.vm_id.lower() != vm.vm_id.lower():
@@ -583,12 +580,12 @@ class GrantService:
         the other writer already ended the grant."""
         changes["updated_at"] = self._clock()
         try:
-            return self._store.replace(replace(grant, **changes))
+            return self._store.replace(replace(grant, **changes), before=grant)
         except Conflict:
             current = self._store.get(grant.id)
-            if not current.status.is_open:
+            if not current.status.is_live:
                 return current
-            return self._store.replace(replace(current, **changes))
+            return self._store.replace(replace(current, **changes), before=current)
 
     def _require_owner_or_admin(self, principal: Principal, grant: Grant, verb: str) -> None:
         if grant.principal != principal.oid and not policy.is_admin(principal.roles, self._settings):

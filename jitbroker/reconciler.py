@@ -21,6 +21,7 @@ whose pass is not done within its timeout gets `StillWorking` and the pass goes 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -204,7 +205,8 @@ class NsgReconciler:
             outcome: tuple[PassResult | None, BaseException | None]
             writes = telemetry.nsg_writes_in_thread()
             try:
-                outcome = (self._pass(nsg_id, trim=False), None)
+                queued = functools.partial(_asked_since, flight, covering)
+                outcome = (self._pass(nsg_id, trim=False, queued=queued), None)
             except BaseException as err:  # every caller this pass covered must hear about it
                 outcome = (None, err)
             telemetry.nsg_pass(telemetry.nsg_writes_in_thread() - writes, callers)
@@ -215,14 +217,14 @@ class NsgReconciler:
 
     # ------------------------------------------------------------------ one pass
 
-    def _pass(self, nsg_id: str, *, trim: bool) -> PassResult:
+    def _pass(self, nsg_id: str, *, trim: bool, queued: Callable[[], bool] | None = None) -> PassResult:
         deadline = self._monotonic() + self._settle_timeout
         while True:
             result = arm_call(
                 lambda: self._attempt(nsg_id, trim=trim), what=f"updating NSG {_short(nsg_id)}", **self._retry
             )
-            if not result.wrote:
-                return result
+            if not result.wrote or (queued is not None and queued()):
+                return result  # nothing written, or the next pass (already asked for) reads the store again
             # Written: if the store moved while we wrote, go again (a close recorded after our read).
             if _same(self._desired(nsg_id), result.desired):
                 return result
@@ -308,6 +310,11 @@ def _settling(nsg: Mapping[str, Any]) -> bool:
     """True while an operation on the NSG runs: what it shows may still be rolled back."""
     state = str((nsg.get("properties") or {}).get("provisioningState") or "Succeeded")
     return state.lower() not in ("succeeded", "failed", "canceled")
+
+
+def _asked_since(flight: _Flight, covering: int) -> bool:
+    """True when a caller asked after this pass began: its own pass will read the store again."""
+    return flight.tickets > covering
 
 
 def _same(fresh: Desired, written: Desired) -> bool:

@@ -29,6 +29,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -136,15 +137,18 @@ class GrantStore:
             raise NotFound(f"no grant {grant_id}") from err
         return _grant_from(entity)
 
-    def replace(self, grant: Grant) -> Grant:
+    def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant:
         """Store a new state of a grant read earlier; `Conflict` if it changed since (its etag is stale).
 
-        An open grant's expiry row is written first; a closed grant leaves every index after the record."""
+        An open grant's expiry row is written first; a closed grant leaves every index after the record.
+        `before` (the state it was read in) lets the store skip index writes the change does not need."""
         if grant.etag is None:
             raise ValueError("replace needs the etag of the grant it was read as")
+        expiry_moved = before is None or before.expires_at != grant.expires_at or not before.status.is_live
         if grant.status.is_live:
             with _upstream("indexing the grant"):
-                self._t("expiry").upsert_entity(_expiry_row(grant))
+                if expiry_moved:
+                    self._t("expiry").upsert_entity(_expiry_row(grant))
                 if grant.status is GrantStatus.PENDING and grant.decided_at is not None:
                     # an approved grant: the sweeper's pending clock starts at the approval
                     row = {"PartitionKey": _PENDING_PK, "RowKey": escape_key(grant.id), "grant_id": grant.id}
@@ -163,14 +167,15 @@ class GrantStore:
             raise Conflict(f"grant {grant.id} was changed by someone else; read it again") from err
         except ResourceNotFoundError as err:
             raise NotFound(f"no grant {grant.id}") from err
-        if not grant.status.is_open:
+        was = before.status if before is not None else None
+        if not grant.status.is_open and (was is None or was.is_open):
             self.drop_open_rows(grant)
         if not grant.status.is_live:
             row = _expiry_row(grant)
             self._delete_row("expiry", row["PartitionKey"], row["RowKey"])
-        if grant.status is not GrantStatus.PENDING:
+        if grant.status is not GrantStatus.PENDING and was in (None, GrantStatus.PENDING):
             self._delete_row("pending", _PENDING_PK, escape_key(grant.id))
-        if grant.status is not GrantStatus.AWAITING_APPROVAL:
+        if grant.status is not GrantStatus.AWAITING_APPROVAL and was in (None, GrantStatus.AWAITING_APPROVAL):
             self._delete_row("pending", _AWAITING_PK, escape_key(grant.id))
         return replace(grant, etag=meta.get("etag"))
 
@@ -208,9 +213,21 @@ class GrantStore:
         for nsg_id in (*grant.nsg_ids, None):
             self._delete_row("open", _open_pk(nsg_id), escape_key(grant.id))
 
-    def openings(self, nsg_id: str) -> list[Opening]:
-        """The open grants behind one NSG, as its reconciler needs them (one paged partition read)."""
-        rows = self._query("open", "PartitionKey eq @pk", {"pk": _open_pk(nsg_id)}, page=1000)
+    def openings(self, nsg_id: str, *, private_ip: str | None = None) -> list[Opening]:
+        """The open grants behind one NSG, as its reconciler needs them (one paged partition read), or only
+        those for one VM address."""
+        query, params = "PartitionKey eq @pk", {"pk": _open_pk(nsg_id)}
+        if private_ip is not None:
+            query, params = f"{query} and private_ip eq @ip", {**params, "ip": private_ip}
+        rows = self._query("open", query, params, page=1000)
+        return [_opening_from(row) for row in rows]
+
+    def open_for_principal(self, oid: str) -> list[Opening]:
+        """One person's open grants (the per-person limits): one filtered read of the open index, whatever
+        their history."""
+        rows = self._query(
+            "open", "PartitionKey eq @pk and principal eq @principal", {"pk": _ALL_OPEN, "principal": oid}
+        )
         return [_opening_from(row) for row in rows]
 
     def open_grants(self) -> list[Grant]:
@@ -276,10 +293,12 @@ class GrantStore:
             page=min(max(limit, 1), 1000),
         )
         result: list[Grant] = []
+        records = self._load_many(str(row["grant_id"]) for row in rows[: limit * 2])
         for row in rows:
             if len(result) >= limit:
                 break
-            grant = self._maybe_get(str(row["grant_id"]))
+            gid = str(row["grant_id"])
+            grant = records[gid] if gid in records else self._maybe_get(gid)
             row_expiry = str(row["RowKey"]).split("|", 1)[0]
             if grant is None or not grant.status.is_live or _iso(grant.expires_at) != row_expiry:
                 if grant is not None or _abandoned(row):
@@ -419,6 +438,14 @@ class GrantStore:
             return self.get(grant_id)
         except NotFound:
             return None
+
+    def _load_many(self, ids: Iterable[str]) -> dict[str, Grant | None]:
+        """Point reads of several records at once (a sweep's due grants): round trips overlap."""
+        wanted = list(dict.fromkeys(ids))
+        if len(wanted) < 2:
+            return {gid: self._maybe_get(gid) for gid in wanted}
+        with ThreadPoolExecutor(max_workers=min(8, len(wanted)), thread_name_prefix="store") as pool:
+            return dict(zip(wanted, pool.map(self._maybe_get, wanted), strict=True))
 
     def _load(self, ids: Iterable[str]) -> list[Grant]:
         return [g for g in (self._maybe_get(i) for i in ids) if g is not None]
