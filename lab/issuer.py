@@ -7,6 +7,10 @@ Two listeners on 127.0.0.1, both in background threads:
   - `GET /{tenant}/.well-known/openid-configuration`: v1 metadata, issuer `{url}/{tenant}/` (Entra's v1
     issuer is `https://sts.windows.net/{tenant}/`; the lab serves the same shape on its own host).
   - `GET /{tenant}/discovery/v2.0/keys` and `/{tenant}/discovery/keys`: the JWKS (RSA, `kid`, `use: sig`).
+  - `GET|POST /{tenant}/oauth2/v2.0/authorize`, `GET /{tenant}/oauth2/v2.0/logout`, and the token endpoint's
+    `authorization_code` and `refresh_token` grants: sign-in for the lab's single-page application
+    (authorization code + PKCE, a lab sign-in page to pick a scenario user), so MSAL.js signs in against the
+    lab exactly as against Entra ID. See lab/issuer_authorize.py, and "MSAL.js against the lab" below.
   - `POST /{tenant}/oauth2/v2.0/token`: **the lab's sign-in**. Form: `grant_type=password`, `username` (a
     scenario user's name or UPN; no password is checked), `scope` (`{app_id_uri}/.default`,
     `{api_client_id}/.default` or `https://management.azure.com/.default`), optional `client_id` (becomes
@@ -30,6 +34,36 @@ default), `roles` the user's app roles (absent when they hold none), `sub` pairw
 (client credentials, `app_token`) is what Entra issues to an application acting as itself: no `scp`, the
 application permissions granted to it in `roles`, its service principal as both `oid` and `sub`, and
 `idtyp: app` (the optional claim an API asks for to tell the two apart).
+
+MSAL.js against the lab (`@azure/msal-browser` v3 to v5, tried with v5.29 in Chromium: redirect sign-in,
+silent renewal by refresh token, logout; `issuer.msal_config(redirect_uri)` returns this configuration):
+
+    new PublicClientApplication({
+      auth: {
+        clientId: "<issuer.spa_client_id>",       // the scenario's api_client_id by default: as in Azure,
+                                                   // the broker's app registration is the page's too
+        authority: "<issuer.authority>",          // https://127.0.0.1:<port>/<tenant-id> (or …/v2.0)
+        knownAuthorities: ["127.0.0.1:<port>"],   // required: the lab is no Microsoft host; without it
+                                                   // MSAL asks login.microsoftonline.com and fails
+        redirectUri: "<a registered redirect URI>",
+        postLogoutRedirectUri: "<a registered redirect URI>",
+      },
+      cache: { cacheLocation: "sessionStorage" },
+    });
+    await pca.loginRedirect({ scopes: ["<issuer.api_scope_uri>"] });  // api://jit-broker-lab/user_impersonation
+
+`protocolMode` stays "AAD" (the default): MSAL reads `{authority}/v2.0/.well-known/openid-configuration`,
+sends `client_info=1` and builds its account from the `client_info` the lab returns, as against Entra.
+`authorityMetadata` is not needed (the v2 discovery document given there only saves one request).
+`protocolMode: "OIDC"` works too, but then the authority must end in `/v2.0` (MSAL then reads
+`{authority}/.well-known/openid-configuration`; the lab's v1 document has no authorize endpoint).
+Write the host as `issuer.url` does (127.0.0.1, not localhost): MSAL v5 checks that the discovery
+document's `issuer` has the authority's scheme, host and port.
+Register the page's redirect URI first: `TokenIssuer(..., redirect_uris=[…])` or at run time
+`issuer.register_redirect_uri("http://127.0.0.1:<port>/")` (https anywhere, http on loopback only). The
+lab keeps no session, so silent sign-in (`prompt=none`, MSAL's hidden iframe) answers `login_required`;
+MSAL renews with the refresh token (asked for by default through `offline_access`, 24 hours from
+sign-in), then needs `loginRedirect` again.
 """
 
 from __future__ import annotations
@@ -43,7 +77,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,6 +90,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from lab.issuer_authorize import AadError, HttpAnswer, SpaSignIn, aad_error_body, cors_request_headers
 from lab.scenario import Scenario, UserSpec
 from lab.tls import LabCA, server_context
 
@@ -150,7 +185,14 @@ class TokenIssuer:
         api_token_version: str = "2",  # noqa: S107 - a version, not a secret
         api_scope: str = API_SCOPE_NAME,
         client_apps: Sequence[ClientApp] = (LAB_DAEMON_APP,),
+        spa_client_id: str | None = None,
+        redirect_uris: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`spa_client_id` is the single-page application's client id (the scenario's `api_client_id` unless
+        given: one app registration for the API and its page, as the deployment has it); `redirect_uris` its
+        registered redirect URIs (more with `register_redirect_uri`); `clock` what its authorization codes and
+        refresh tokens expire by (tokens themselves always carry real times)."""
         if ca is not None:
             certfile, keyfile = ca.certfile, ca.keyfile
         if certfile is None or keyfile is None:
@@ -170,6 +212,12 @@ class TokenIssuer:
         self._log: list[tuple[str, str, int]] = []
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
+        self._spa = SpaSignIn(
+            self,
+            client_id=spa_client_id or scenario.tenant.api_client_id,
+            redirect_uris=redirect_uris,
+            clock=clock,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -239,10 +287,111 @@ class TokenIssuer:
         """Where the lab's users sign in (see the module docstring for the form)."""
         return f"{self.url}/{self.tenant_id}/oauth2/v2.0/token"
 
+    @property
+    def authority(self) -> str:
+        """What MSAL.js takes as `authority`: `https://127.0.0.1:PORT/{tenant}`."""
+        return f"{self.url}/{self.tenant_id}"
+
+    @property
+    def authorize_endpoint(self) -> str:
+        """Where a SPA sends the browser to sign in (code + PKCE; lab/issuer_authorize.py)."""
+        return f"{self.url}/{self.tenant_id}/oauth2/v2.0/authorize"
+
+    @property
+    def end_session_endpoint(self) -> str:
+        """Where a SPA sends the browser to sign out."""
+        return f"{self.url}/{self.tenant_id}/oauth2/v2.0/logout"
+
     def _bound_port(self, index: int) -> int:
         if not self._servers:
             raise RuntimeError("TokenIssuer is not started")
         return int(self._servers[index].server_address[1])
+
+    # -- the single-page application -------------------------------------------------------------------------
+
+    @property
+    def spa_client_id(self) -> str:
+        """The client id of the lab's single-page application (MSAL.js `clientId`)."""
+        return self._spa.client_id
+
+    @property
+    def api_scope_uri(self) -> str:
+        """The broker's delegated scope in full, as a SPA asks for it: `api://jit-broker-lab/user_impersonation`."""
+        return f"{self.scenario.tenant.app_id_uri}/{self.api_scope}"
+
+    @property
+    def api_resources(self) -> frozenset[str]:
+        """The names the broker's API goes by in scopes: app ID URI, client id, `api://{client id}`."""
+        tenant = self.scenario.tenant
+        return frozenset({tenant.app_id_uri, tenant.api_client_id, f"api://{tenant.api_client_id}"})
+
+    def register_redirect_uri(self, uri: str) -> str:
+        """Register a redirect URI of the SPA at run time (idempotent); returns it. ValueError if Entra would
+        refuse it: https:// anywhere, http:// on loopback only, no fragment, at most 256 characters."""
+        return self._spa.register_redirect_uri(uri)
+
+    def unregister_redirect_uri(self, uri: str) -> None:
+        """Forget a redirect URI of the SPA."""
+        self._spa.unregister_redirect_uri(uri)
+
+    @property
+    def redirect_uris(self) -> tuple[str, ...]:
+        """The SPA's registered redirect URIs."""
+        return self._spa.redirect_uris
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """True when a page at `origin` (a registered redirect URI's origin) may read answers cross-origin."""
+        return self._spa.allows_origin(origin)
+
+    def msal_config(self, redirect_uri: str) -> dict[str, Any]:
+        """The MSAL.js `PublicClientApplication` configuration for a page at `redirect_uri` (see the module
+        docstring); sign in with `{"scopes": [issuer.api_scope_uri]}`."""
+        return {
+            "auth": {
+                "clientId": self.spa_client_id,
+                "authority": self.authority,
+                "knownAuthorities": [urlsplit(self.url).netloc],
+                "redirectUri": redirect_uri,
+                "postLogoutRedirectUri": redirect_uri,
+            },
+            "cache": {"cacheLocation": "sessionStorage"},
+        }
+
+    def id_token_claims(
+        self,
+        user: UserSpec | str,
+        client_id: str | None = None,
+        *,
+        nonce: str | None = None,
+        now: int | None = None,
+    ) -> dict[str, Any]:
+        """The claims of a v2 ID token for `user` signing in to `client_id` (the SPA by default): `aud` the
+        client, `nonce` when given, `oid`, `preferred_username`, `name`, `tid`; app roles only when the client
+        is the broker's own app registration (Entra puts the roles of the app signed in to). No `scp`, no
+        `azp`: not an access token."""
+        spec = self.scenario.user(user) if isinstance(user, str) else user
+        client_id = client_id or self.spa_client_id
+        now = int(time.time()) if now is None else now
+        tenant = self.scenario.tenant
+        claims: dict[str, Any] = {
+            "aud": client_id,
+            "iss": self.issuer_v2,
+            "iat": now,
+            "nbf": now,
+            "exp": now + TOKEN_LIFETIME_S,
+            "name": spec.display_name,
+            "oid": spec.oid,
+            "preferred_username": spec.upn,
+            "sub": _pairwise_sub(spec.oid, client_id),
+            "tid": tenant.tenant_id,
+            "uti": _b64url(secrets.token_bytes(16)),
+            "ver": "2.0",
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        if spec.roles and client_id.lower() == tenant.api_client_id.lower():
+            claims["roles"] = list(spec.roles)
+        return claims
 
     # -- keys ------------------------------------------------------------------------------------------------
 
@@ -458,7 +607,7 @@ class TokenIssuer:
     def _metadata(self, version: str) -> dict[str, Any]:
         base = f"{self.url}/{self.tenant_id}"
         v2 = version == "2"
-        return {
+        meta: dict[str, Any] = {
             "issuer": self.issuer_v2 if v2 else self.issuer_v1,
             "authorization_endpoint": f"{base}/oauth2/{'v2.0/' if v2 else ''}authorize",
             "token_endpoint": f"{base}/oauth2/{'v2.0/' if v2 else ''}token",
@@ -468,9 +617,30 @@ class TokenIssuer:
             "id_token_signing_alg_values_supported": ["RS256"],
             "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "name", "oid", "tid", "ver"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "nbf",
+                "name",
+                "nonce",
+                "oid",
+                "preferred_username",
+                "tid",
+                "ver",
+            ],
             "tenant_region_scope": "EU",
         }
+        if v2:  # what the lab's SPA sign-in serves (lab/issuer_authorize.py)
+            meta |= {
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "response_modes_supported": ["query", "fragment"],
+                "code_challenge_methods_supported": ["S256"],
+                "request_uri_parameter_supported": False,
+            }
+        return meta
 
     def _handle_get(self, tenant: str, rest: str) -> tuple[int, dict[str, Any]]:
         if tenant not in (self.tenant_id, "common", "organizations"):
@@ -483,16 +653,24 @@ class TokenIssuer:
             return 200, self.jwks()
         return 404, {"error": "not_found", "error_description": f"No such endpoint: {rest}"}
 
-    def _handle_token(self, tenant: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    def _handle_token(
+        self, tenant: str, form: Mapping[str, str], origin: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         if tenant != self.tenant_id:
             return 400, _aad_error("invalid_tenant", 90002, f"Tenant '{tenant}' not found.")
         grant_type = form.get("grant_type", "")
+        if grant_type in ("authorization_code", "refresh_token"):
+            return self._spa_grant(grant_type, form, origin)
         if grant_type == "client_credentials":
             return self._client_credentials(tenant, form)
-        if grant_type != "password":
-            return 400, _aad_error(
-                "unsupported_grant_type", 70003, f"The app requested unsupported grant type '{grant_type}'."
-            )
+        if grant_type == "password":
+            return self._password(tenant, form)
+        return 400, _aad_error(
+            "unsupported_grant_type", 70003, f"The app requested unsupported grant type '{grant_type}'."
+        )
+
+    def _password(self, tenant: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """The lab's sign-in for tools: a scenario user's token by name or UPN, no password checked."""
         username = form.get("username", "")
         user = next((u for u in self.scenario.users if username in (u.name, u.upn)), None)
         if user is None:
@@ -501,7 +679,7 @@ class TokenIssuer:
             )
         scopes = form.get("scope", "").split()
         resource = next((s.removesuffix("/.default") for s in scopes if s.endswith("/.default")), None)
-        api_resources = self._api_resources()
+        api_resources = self.api_resources
         azp = form.get("client_id") or AZURE_CLI_CLIENT_ID
         if resource in api_resources:
             claims = self.user_claims(user)
@@ -526,9 +704,16 @@ class TokenIssuer:
             "access_token": access_token,
         }
 
-    def _api_resources(self) -> set[str]:
-        tenant = self.scenario.tenant
-        return {tenant.app_id_uri, tenant.api_client_id, f"api://{tenant.api_client_id}"}
+    def _spa_grant(
+        self, grant_type: str, form: Mapping[str, str], origin: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """The SPA's grants (lab/issuer_authorize.py): a code with its verifier, or a refresh token."""
+        try:
+            if grant_type == "authorization_code":
+                return 200, self._spa.redeem_code(form, origin)
+            return 200, self._spa.redeem_refresh_token(form, origin)
+        except AadError as refusal:
+            return refusal.status, refusal.body()
 
     def _client_credentials(self, tenant: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """An application's own token (no user): what a daemon gets with its client id and secret."""
@@ -541,7 +726,7 @@ class TokenIssuer:
                 f"Application with identifier '{client_id}' was not found in the directory '{tenant}'.",
             )
         scope = form.get("scope", "")
-        if not scope.endswith("/.default") or scope.removesuffix("/.default") not in self._api_resources():
+        if not scope.endswith("/.default") or scope.removesuffix("/.default") not in self.api_resources:
             return 400, _aad_error(
                 "invalid_resource",
                 500011,
@@ -626,7 +811,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Silent: request lines may carry query strings, and the log is kept in `TokenIssuer.requests()`."""
 
     def do_GET(self) -> None:
-        """Metadata, keys, and (on the plain-HTTP listener) the managed-identity endpoint."""
+        """Metadata, keys, sign-in, sign-out; on the plain-HTTP listener, the managed-identity endpoint."""
         issuer = self.server.issuer
         parts = urlsplit(self.path)
         if self.server.tls is None:
@@ -638,41 +823,97 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(*issuer._handle_identity(query, headers))
             return
         tenant, _, rest = parts.path.lstrip("/").partition("/")
+        if rest in (_AUTHORIZE, _LOGOUT):
+            query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+            accept = self.headers.get("Accept", "")
+            if rest == _AUTHORIZE:
+                self._send(issuer._spa.authorize("GET", tenant, query, accept))
+            else:
+                self._send(issuer._spa.logout(tenant, query, accept))
+            return
         self._reply(*issuer._handle_get(tenant, rest))
 
     def do_POST(self) -> None:
-        """The token endpoint."""
+        """The token endpoint and the sign-in page's form."""
+        issuer = self.server.issuer
         parts = urlsplit(self.path)
         tenant, _, rest = parts.path.lstrip("/").partition("/")
         length = int(self.headers.get("Content-Length") or 0)
-        if self.server.tls is None or rest != "oauth2/v2.0/token" or length > self.MAX_BODY:
+        if self.server.tls is None or rest not in (_TOKEN_PATH, _AUTHORIZE) or length > self.MAX_BODY:
             self._reply(404, {"error": "not_found", "error_description": "No such endpoint."})
             return
         body = self.rfile.read(length).decode("utf-8", "replace")
-        form = {k: v[0] for k, v in parse_qs(body).items()}
-        self._reply(*self.server.issuer._handle_token(tenant, form))
+        form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+        if rest == _AUTHORIZE:
+            self._send(issuer._spa.authorize("POST", tenant, form, self.headers.get("Accept", "")))
+            return
+        self._reply(*issuer._handle_token(tenant, form, self.headers.get("Origin")))
+
+    def do_OPTIONS(self) -> None:
+        """CORS preflight for what a browser page reads cross-origin: discovery, keys, the token endpoint."""
+        parts = urlsplit(self.path)
+        _, _, rest = parts.path.lstrip("/").partition("/")
+        if self.server.tls is None or rest not in _CORS_PATHS:
+            self._reply(404, {"error": "not_found", "error_description": "No such endpoint."})
+            return
+        headers = [("Allow", "GET, POST, OPTIONS")]
+        if self.server.issuer.allows_origin(self.headers.get("Origin")):
+            headers += [
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                ("Access-Control-Max-Age", "600"),
+            ]
+            requested = cors_request_headers(self.headers.get("Access-Control-Request-Headers", ""))
+            if requested:
+                headers.append(("Access-Control-Allow-Headers", requested))
+            if self.headers.get("Access-Control-Request-Private-Network", "").lower() == "true":
+                headers.append(("Access-Control-Allow-Private-Network", "true"))
+        self._send(HttpAnswer(204, headers=tuple(headers)))
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.server.issuer._record(self.command, urlsplit(self.path).path, status)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
+        self._send(HttpAnswer.json(status, body))
+
+    def _send(self, answer: HttpAnswer) -> None:
+        self.server.issuer._record(self.command, urlsplit(self.path).path, answer.status)
+        self.send_response(answer.status)
+        if answer.body or answer.status not in (204, 302):
+            self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in answer.headers:
+            self.send_header(name, value)
+        if self.server.tls is not None:
+            self._cors_headers()
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(answer.body)
+
+    def _cors_headers(self) -> None:
+        """Let a registered page read the answer: its origin, never `*`, and a cache keyed on `Origin`."""
+        self.send_header("Vary", "Origin")
+        origin = self.headers.get("Origin")
+        if origin and self.server.issuer.allows_origin(origin):
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Access-Control-Expose-Headers", "x-ms-request-id")
+        if self.command != "OPTIONS":
+            self.send_header("x-ms-request-id", str(uuid.uuid4()))
+
+
+_AUTHORIZE = "oauth2/v2.0/authorize"
+_LOGOUT = "oauth2/v2.0/logout"
+_TOKEN_PATH = "oauth2/v2.0/token"  # noqa: S105 - a path, not a secret
+_CORS_PATHS = frozenset(
+    {
+        "v2.0/.well-known/openid-configuration",
+        ".well-known/openid-configuration",
+        "discovery/v2.0/keys",
+        "discovery/keys",
+        _TOKEN_PATH,
+    }
+)
 
 
 def _aad_error(error: str, code: int, description: str) -> dict[str, Any]:
     """An error body shaped like Entra's token/metadata errors."""
-    return {
-        "error": error,
-        "error_description": f"AADSTS{code}: {description}",
-        "error_codes": [code],
-        "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
-        "trace_id": str(uuid.uuid4()),
-        "correlation_id": str(uuid.uuid4()),
-    }
+    return aad_error_body(error, code, description)
 
 
 def _pairwise_sub(oid: str, audience: str) -> str:

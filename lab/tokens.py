@@ -103,13 +103,11 @@ def no_role(issuer: TokenIssuer, user: str = "alice") -> str:
 
 
 def id_token(issuer: TokenIssuer, user: str = "alice") -> str:
-    """An ID token as the broker's app registration would get one at sign-in: its client id as `aud`, the
-    tenant's v2 issuer, the user's `oid` and roles, but no `azp` and no `scp`: not an access token."""
-    claims = issuer.user_claims(user)
-    for name in ("scp", "azp", "azpacr"):
-        claims.pop(name, None)
-    claims |= {"nonce": "lab-nonce-0S6_WzA2Mj", "sid": "00000000-0000-4000-8000-00000000517d"}
-    return issuer.sign(claims)
+    """An ID token as the broker's app registration gets one at sign-in (the lab's SPA sign-in issues the
+    same): its client id as `aud`, the tenant's v2 issuer, the user's `oid` and roles, a nonce, but no `azp`
+    and no `scp`: not an access token."""
+    api_client_id = issuer.scenario.tenant.api_client_id
+    return issuer.sign(issuer.id_token_claims(user, api_client_id, nonce="lab-nonce-0S6_WzA2Mj"))
 
 
 def app_only(issuer: TokenIssuer, user: str = "alice") -> str:

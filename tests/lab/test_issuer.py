@@ -180,7 +180,7 @@ def test_token_endpoint_uses_the_calling_client_as_azp(issuer, scenario):
             500011,
         ),
         (
-            {"grant_type": "authorization_code", "code": "x", "scope": "api://jit-broker-lab/.default"},
+            {"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": "x"},
             "unsupported_grant_type",
             70003,
         ),
