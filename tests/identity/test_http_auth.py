@@ -83,7 +83,7 @@ def test_valid_token_shows_who_the_broker_thinks_you_are(
     assert response.status_code == 200
     body = response.json()
     assert body["principal"] == scenario.user("carol").oid
-    assert set(body["roles"]) == {"JIT.Requester", "JIT.Admin"}
+    assert set(body["roles"]) == {"JIT.Requester", "JIT.Admin", "JIT.Approver"}
     assert body["address"] == "127.0.0.1"
     assert token not in response.text
 
