@@ -197,6 +197,27 @@ class BrokerClient:
         """Revoke a grant (idempotent); returns the grant with status `revoked`."""
         return self.call("DELETE", f"/api/v1/grants/{_quote(grant_id)}").body
 
+    def withdraw(self, grant_id: str) -> dict[str, Any]:
+        """Withdraw a request still awaiting approval (the requester or an admin; idempotent): the grant with
+        status `withdrawn` (or as it ended before); 409 `not_awaiting_approval` once it was approved."""
+        return self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/withdraw").body
+
+    def approve(self, grant_id: str, reason: str | None = None) -> tuple[Grant, Answer]:
+        """Approve a request (an approver, never on your own request): 200 with the grant `active`, or 202
+        while the broker still opens the door (`pending`)."""
+        body = {"reason": reason} if reason else {}
+        answer = self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/approve", body)
+        return Grant.from_json(answer.body), answer
+
+    def deny(self, grant_id: str, reason: str) -> Grant:
+        """Deny a request, saying why (an approver, never on your own request): the grant `denied`."""
+        answer = self.call("POST", f"/api/v1/grants/{_quote(grant_id)}/deny", {"reason": reason})
+        return Grant.from_json(answer.body)
+
+    def awaiting_me(self) -> list[dict[str, Any]]:
+        """The requests waiting for an approver that the caller may approve, every page."""
+        return self.collect("/api/v1/grants", "grants", {"awaiting": "me"})
+
     def extend(self, grant_id: str, duration: str | int | None) -> tuple[Grant, Answer]:
         """Extend a grant, within the policy's maximum total (200, or 202 and `pending`: poll it)."""
         body = {"duration": wire_duration(duration)} if duration is not None else {}

@@ -9,8 +9,25 @@ from jitcli.api import Answer, BrokerClient, check_broker_url, wire_moment
 from jitcli.config import KEYS, Settings, set_value
 from jitcli.durations import parse_seconds
 from jitcli.errors import CliError, ConfigError
-from jitcli.models import Grant, door_after_revoke
-from jitcli.output import Output, audit_table, grants_table, until, vms_table, whoami_text
+from jitcli.models import (
+    AWAITING_APPROVAL,
+    OPEN_STATUSES,
+    WAITING_STATUSES,
+    Grant,
+    closed_line,
+    door_after_revoke,
+)
+from jitcli.output import (
+    Output,
+    approval_text,
+    audit_table,
+    awaiting_table,
+    grants_table,
+    requester,
+    until,
+    vms_table,
+    whoami_text,
+)
 
 #: `jit extend` without --duration (or a duration setting) pushes the expiry to now + this.
 DEFAULT_EXTEND = "1h"
@@ -97,11 +114,15 @@ def cmd_session(ctx: Context) -> int:
 
 
 def _await_new_grant(ctx: Context, grant: Grant, answer: Answer) -> tuple[Grant, Answer]:
-    """Wait for a grant the broker accepted but has not opened yet; Ctrl-C meanwhile revokes it."""
-    from jitcli.pending import wait_active
+    """Wait for a grant the broker accepted but has not opened yet (for an approver first, on a VM that needs
+    one); Ctrl-C meanwhile withdraws the request, or revokes the grant once approved."""
+    from jitcli.pending import Latest, abandon, approval_notice, wait_active
 
-    if grant.status != "pending":
+    if grant.status not in WAITING_STATUSES:
         return grant, answer
+    if grant.status == AWAITING_APPROVAL:
+        ctx.out.progress(approval_notice(grant, answer))
+    latest = Latest(grant)
     try:
         return wait_active(
             ctx.client,
@@ -109,15 +130,17 @@ def _await_new_grant(ctx: Context, grant: Grant, answer: Answer) -> tuple[Grant,
             answer,
             timeout=_seconds_setting(ctx, "grant_wait"),
             label=f"waiting for the broker to open port {grant.port} on {grant.vm} (grant {grant.id})",
+            seen=latest,
         )
     except KeyboardInterrupt:
-        # Nobody has been told about this grant yet: close it rather than leave a door open until its expiry.
+        # Nobody has been told about this grant yet: close it rather than leave a door open until its expiry,
+        # or a request an approver might still say yes to.
         try:
-            body = ctx.client.revoke(grant.id)
+            _, line = abandon(ctx.client, latest.grant)
         except CliError as exc:
-            ctx.out.warn(f"could not revoke grant {grant.id} ({exc.message}); it closes at its expiry")
+            ctx.out.warn(f"could not close grant {grant.id} ({exc.message}); it ends at its expiry")
         else:
-            ctx.out.progress(f"Revoked grant {grant.id}: {door_after_revoke(body, grant.port, grant.vm)}")
+            ctx.out.progress(line)
         raise
 
 
@@ -143,6 +166,10 @@ def cmd_grant(ctx: Context) -> int:
         lines = [
             f"{verb} grant {grant.id}: port {grant.port} on {grant.vm} for {grant.source}",
             f"until    {until(grant.expires_at)}",
+        ]
+        if grant.approval is not None and grant.approval.decided_at is not None:
+            lines.append(f"decision {approval_text(grant.raw)}")
+        lines += [
             f"connect  {grant.connect.host or '?'}:{grant.port}"
             + (f" as {grant.connect.username}" if grant.connect.username else ""),
             f"revoke   jit revoke {grant.id}",
@@ -154,7 +181,15 @@ def cmd_grant(ctx: Context) -> int:
 
 
 def cmd_ls(ctx: Context) -> int:
-    """`jit ls [--all]`: my grants, or everyone's for admins."""
+    """`jit ls [--all]`: my grants, or everyone's for admins; `--awaiting`: the requests I may approve."""
+    if ctx.args.awaiting:
+        waiting = ctx.client.awaiting_me()
+        if waiting and not ctx.out.json_mode:
+            ctx.out.progress(
+                "approve with `jit approve ID [--reason TEXT]`, deny with `jit deny ID --reason TEXT`"
+            )
+        ctx.out.result({"grants": waiting}, lambda: awaiting_table(waiting))
+        return 0
     grants = ctx.client.list_grants(all_principals=ctx.args.all, status=ctx.args.status)
     ctx.out.result({"grants": grants}, lambda: grants_table(grants, show_principal=ctx.args.all))
     return 0
@@ -163,17 +198,21 @@ def cmd_ls(ctx: Context) -> int:
 def cmd_revoke(ctx: Context) -> int:
     """`jit revoke ID | --mine`: close grants now."""
     if ctx.args.mine:
-        ids = [str(g["id"]) for g in ctx.client.list_grants() if g.get("status") in ("active", "pending")]
+        live = (*OPEN_STATUSES, AWAITING_APPROVAL)  # a request still waiting for an approver is withdrawn
+        ids = [str(g["id"]) for g in ctx.client.list_grants() if g.get("status") in live]
     else:
         ids = [ctx.args.id]
     revoked = [ctx.client.revoke(grant_id) for grant_id in ids]
 
+    def line(g: dict[str, Any]) -> str:
+        if g.get("status") == "withdrawn":
+            return closed_line(g, g.get("port"), g.get("vm"))
+        return f"Revoked {g.get('id')}: {door_after_revoke(g, g.get('port'), g.get('vm'))}"
+
     def human() -> str:
         if not revoked:
             return "No active grants to revoke."
-        return "\n".join(
-            f"Revoked {g.get('id')}: {door_after_revoke(g, g.get('port'), g.get('vm'))}" for g in revoked
-        )
+        return "\n".join(line(g) for g in revoked)
 
     ctx.out.result({"revoked": revoked}, human)
     return 0
@@ -198,6 +237,60 @@ def cmd_extend(ctx: Context) -> int:
             ctx.out.progress(f"stopped waiting; the broker may still extend grant {grant.id} (`jit ls`)")
             raise
     ctx.out.result(grant.raw, lambda: f"Grant {grant.id} now lasts until {until(grant.expires_at)}")
+    return 0
+
+
+def cmd_approve(ctx: Context) -> int:
+    """`jit approve ID [--reason TEXT]`: say yes to someone's request; its door opens now, for the duration
+    they asked for, counted from this moment."""
+    grant, _ = ctx.client.approve(ctx.args.id, ctx.args.reason)
+
+    def human() -> str:
+        opened = (
+            f"port {grant.port} on {grant.vm} is open for {grant.source}"
+            if grant.status == "active"
+            else f"the broker is opening port {grant.port} on {grant.vm} for {grant.source} ({grant.status})"
+        )
+        return "\n".join(
+            [
+                f"Approved grant {grant.id} of {requester(grant.raw)}: {opened}",
+                f"until     {until(grant.expires_at)}",
+                f"decision  {approval_text(grant.raw)}",
+            ]
+        )
+
+    ctx.out.result(grant.raw, human)
+    return 0
+
+
+def cmd_deny(ctx: Context) -> int:
+    """`jit deny ID --reason TEXT`: say no, and why (the requester reads it)."""
+    grant = ctx.client.deny(ctx.args.id, ctx.args.reason)
+
+    def human() -> str:
+        return "\n".join(
+            [
+                f"Denied grant {grant.id} of {requester(grant.raw)}: "
+                f"port {grant.port} on {grant.vm} stays closed",
+                f"decision  {approval_text(grant.raw)}",
+            ]
+        )
+
+    ctx.out.result(grant.raw, human)
+    return 0
+
+
+def cmd_withdraw(ctx: Context) -> int:
+    """`jit withdraw ID`: drop my request while it waits for an approver (idempotent)."""
+    body = ctx.client.withdraw(ctx.args.id)
+    status = str(body.get("status") or "")
+
+    def human() -> str:
+        if status == "withdrawn":
+            return closed_line(body, body.get("port"), body.get("vm"))
+        return f"Grant {body.get('id')} is already {status}: there is nothing to withdraw"
+
+    ctx.out.result(body, human)
     return 0
 
 

@@ -11,9 +11,9 @@ from jitcli.clients import Launch, check_host, check_login, rdp_launch, ssh_laun
 from jitcli.durations import human_duration
 from jitcli.errors import CliError, ConfigError, GrantFailed, PortTimeout
 from jitcli.lease import Lease, seconds_left
-from jitcli.models import OPEN_STATUSES, Grant, door_after_revoke
+from jitcli.models import AWAITING_APPROVAL, OPEN_STATUSES, WAITING_STATUSES, Grant, door_after_revoke
 from jitcli.output import Output, until
-from jitcli.pending import wait_active
+from jitcli.pending import Latest, abandon, approval_notice, wait_active
 from jitcli.probe import Spinner, wait_for_port
 from jitcli.signals import Interrupted, SignalGuard
 
@@ -54,8 +54,11 @@ class SessionRequest:
         return body
 
 
-def describe_grant(grant: Grant) -> str:
-    """`Opened port 22 on web-01 for 203.0.113.10/32 until … (grant g-…)`."""
+def describe_grant(grant: Grant, answer: Answer) -> str:
+    """`Opened port 22 on web-01 for 203.0.113.10/32 until … (grant g-…)`; on a VM that needs approval, who
+    can approve and what to pass on."""
+    if grant.status == AWAITING_APPROVAL:
+        return approval_notice(grant, answer)
     if grant.status == "pending":
         verb = "The broker is opening"
     elif grant.status == "active":
@@ -102,18 +105,20 @@ def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
             # request finishes first, then the grant is revoked below.
             with guard.deferred():
                 grant, answer = client.create_grant(req.api_body())
-                out.progress(describe_grant(grant))
+                out.progress(describe_grant(grant, answer))
         except Interrupted:
             out.progress("interrupted before the broker answered; a grant it made closes at its expiry")
             return guard.exit_code()
         lease: Lease | None = None
         code: int | None = None
         error: CliError | None = None
+        latest = Latest(grant)
         try:
             if guard.received is not None:
                 raise Interrupted(guard.received)
-            if grant.status == "pending":
-                # Accepted (202): wait for the door, with the spinner; Ctrl-C here revokes the pending grant.
+            if grant.status in WAITING_STATUSES:
+                # Accepted (202): wait for an approver (on a VM that needs one), then for the door, with the
+                # spinner; Ctrl-C here withdraws the request, or revokes the grant once approved.
                 grant, answer = wait_active(
                     client,
                     grant,
@@ -121,6 +126,7 @@ def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
                     timeout=req.grant_wait_s,
                     label=f"waiting for the broker to open port {grant.port} on {grant.vm} ({grant.id})",
                     pending_hint="try again later, or let jit wait longer (setting grant_wait)",
+                    seen=latest,
                 )
             for warning in grant.warnings:
                 out.warn(warning)
@@ -144,9 +150,10 @@ def run_session(client: BrokerClient, out: Output, req: SessionRequest) -> int:
         except CliError as exc:
             error = exc
         finally:
-            revoked = _end_lease(client, out, lease, grant, guard)
-        last = lease.grant if lease is not None else grant
-        result = {"grant": last.raw, "renewals": lease.renewals if lease else 0, "revoked": revoked}
+            if lease is None and grant.status in WAITING_STATUSES:
+                grant = latest.grant  # the wait ended early: close the grant as the broker last showed it
+            closed = _close(client, out, lease, grant, guard)
+        result = {**closed, "renewals": lease.renewals if lease else 0}
         if error is not None:
             out.error(error, extra=result)
             return int(error.exit_code)
@@ -160,6 +167,24 @@ def _lease_duration(req: SessionRequest, grant: Grant, answer: Answer) -> str | 
     if req.duration:
         return req.duration
     return max(1, round(seconds_left(grant, answer)))
+
+
+def _close(
+    client: BrokerClient, out: Output, lease: Lease | None, grant: Grant, guard: SignalGuard
+) -> dict[str, Any]:
+    """End the session's grant: withdraw a request still waiting for an approver, else stop renewing and
+    revoke an open grant. The summary's `grant` (as last seen), `revoked` and `withdrawn`."""
+    if lease is None and grant.status == AWAITING_APPROVAL:
+        body = _withdraw(client, out, grant, guard)
+        status = body.get("status") if body else None
+        return {
+            "grant": body or grant.raw,
+            "revoked": status == "revoked",
+            "withdrawn": status == "withdrawn",
+        }
+    revoked = _end_lease(client, out, lease, grant, guard)
+    last = lease.grant if lease is not None else grant
+    return {"grant": last.raw, "revoked": revoked, "withdrawn": False}
 
 
 def _end_lease(
@@ -214,6 +239,22 @@ def _connect(out: Output, req: SessionRequest, grant: Grant, guard: SignalGuard)
     finally:
         if launch.cleanup is not None:
             launch.cleanup.unlink(missing_ok=True)
+
+
+def _withdraw(client: BrokerClient, out: Output, grant: Grant, guard: SignalGuard) -> dict[str, Any] | None:
+    """Withdraw a request still waiting for an approver (or revoke it, approved a moment ago); the broker's
+    answer, or None when that failed (a second Ctrl-C gives up: the request then ends unanswered)."""
+    try:
+        with guard.deferred():
+            body, line = abandon(client, grant)
+    except Interrupted:
+        out.warn(f"gave up withdrawing request {grant.id}; nobody approving it, it ends unanswered")
+        return None
+    except CliError as exc:
+        out.warn(f"could not withdraw request {grant.id} ({exc.message}); `jit withdraw {grant.id}` does it")
+        return None
+    out.progress(line)
+    return body
 
 
 def _revoke(client: BrokerClient, out: Output, grant: Grant) -> bool:

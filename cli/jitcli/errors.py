@@ -8,6 +8,8 @@ CliError                  anything `jit` reports and exits on
 ├── BrokerError           the broker answered with an error body (status, code, message)
 ├── BrokerUnreachable     no HTTP answer at all (DNS, refused, TLS, timeout)
 ├── GrantFailed           a grant the broker accepted (202) ended failed (or closed) instead of active
+│   ├── ApprovalDenied    an approver denied the request
+│   └── NotApproved       the request expired unanswered, was withdrawn, or still waited past its wait_until
 ├── GrantPending          a grant the broker accepted (202) was still pending when `jit` stopped waiting
 ├── UnsafeTarget          a login name or host that could pass for a client option
 ├── PortTimeout           the grant was made but the port never answered
@@ -116,6 +118,50 @@ class GrantFailed(CliError):
     def to_json(self) -> dict[str, object]:
         """The error, plus the grant as the broker last showed it."""
         return {**super().to_json(), "grant": self.grant.raw}
+
+
+class ApprovalDenied(GrantFailed):
+    """A request on a VM that needs approval was denied: who denied it and why, in the approver's words."""
+
+    exit_code = ExitCode.APPROVAL_DENIED
+    code = "approval_denied"
+
+    def __init__(self, grant: Grant) -> None:
+        from jitcli.output import printable  # another person's words: no control characters on the terminal
+
+        approval = grant.approval
+        who = approval.decider if approval else "an approver"
+        why = (approval.reason if approval else None) or grant.raw.get("reason") or "no reason given"
+        CliError.__init__(
+            self, printable(f"{who} denied grant {grant.id} for port {grant.port} on {grant.vm}: {why}")
+        )
+        self.grant = grant
+
+
+class NotApproved(GrantFailed):
+    """A request on a VM that needs approval ended without one: nobody answered before its `wait_until`
+    (`expired`, or still waiting when `jit` stopped), or it was withdrawn."""
+
+    exit_code = ExitCode.NOT_APPROVED
+
+    def __init__(self, grant: Grant, *, gave_up: str | None = None) -> None:
+        what = f"grant {grant.id} for port {grant.port} on {grant.vm}"
+        reason = grant.raw.get("reason")
+        role = grant.approval.approver_role if grant.approval else None
+        who = f"someone with the app role {role}" if role else "an approver"
+        hint: str | None = f"ask again, and ask {who} to run `jit approve ID` while it waits"
+        if gave_up is not None:
+            self.code = "approval_timeout"
+            message = f"nobody approved {what} by {gave_up}, when the request stopped waiting"
+        elif grant.status == "withdrawn":
+            self.code = "approval_withdrawn"
+            message = f"{what} was withdrawn before anyone approved it"
+            hint = None
+        else:
+            self.code = "approval_expired"
+            message = f"nobody approved {what} in time: {reason or 'the request expired'}"
+        CliError.__init__(self, message, hint=hint)
+        self.grant = grant
 
 
 class GrantPending(CliError):

@@ -24,6 +24,8 @@ class ExitCode(IntEnum):
     CLIENT_MISSING = 9  # no ssh / RDP client installed
     INVALID_REQUEST = 10  # the broker rejected the request as malformed (400/413/422)
     GRANT_PENDING = 11  # the broker accepted the grant (202); still pending when jit stopped waiting
+    APPROVAL_DENIED = 12  # an approver denied the request (approval.reason says why)
+    NOT_APPROVED = 13  # the request ended unapproved: nobody answered before wait_until, or it was withdrawn
     INTERRUPTED = 130  # Ctrl-C before a client ran (128 + SIGINT)
 
 
@@ -77,4 +79,6 @@ HELP_TEXT = """exit codes:
   9    no ssh / RDP client installed
   10   the broker rejected the request as invalid (400/413/422)
   11   the grant was still pending when jit stopped waiting (setting grant_wait)
+  12   an approver denied the request (jit shows who and why)
+  13   the request ended unapproved: nobody approved it before it expired, or it was withdrawn
   130  interrupted before a client ran"""

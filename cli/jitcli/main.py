@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jitcli.exitcodes import HELP_TEXT, ExitCode
 
@@ -15,10 +15,14 @@ DESCRIPTION = """Just-in-time access to Azure VMs through jit-broker: ask, get i
   jit rdp win-01 -g prod             the same with your RDP client
   jit grant db-01 --port 5432        open only, print where to connect
   jit ls | jit revoke --mine         see and close your grants
+  jit ssh prod-01                    a VM that needs approval: wait for an approver, then connect
+  jit ls --awaiting                  what waits for you to approve: jit approve ID, jit deny ID --reason …
   jit audit --since 2h --vm web-01   who opened what, when (admins and auditors)"""
 
 #: The audit trail's event kinds (docs/api.md, `GET /api/v1/audit`).
 AUDIT_KINDS = ("requested", "granted", "denied", "failed", "revoked", "expired", "extended", "orphan_removed")
+#: The broker's longest approval or denial reason (docs/api.md).
+REASON_MAX = 500
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 SETTINGS_TEXT = """settings (flags > environment > config file; `jit config path` shows the file):
@@ -90,9 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     _request_options(grant)
     grant.add_argument("--port", type=int, required=True, metavar="N", help="the VM's port to open")
 
-    ls = add("ls", "list your grants")
-    ls.add_argument("--all", action="store_true", help="everyone's grants (admins)")
-    ls.add_argument("--status", help="only grants with this status (active, revoked, expired, …)")
+    ls = add("ls", "list your grants, or the requests waiting for you to approve (--awaiting)")
+    whose = ls.add_mutually_exclusive_group()
+    whose.add_argument("--all", action="store_true", help="everyone's grants (admins)")
+    whose.add_argument(
+        "--awaiting",
+        action="store_true",
+        help="the requests waiting for an approver that you may approve (approvers)",
+    )
+    ls.add_argument(
+        "--status", help="only grants with this status (active, awaiting_approval, revoked, expired, …)"
+    )
 
     revoke = add("revoke", "close a grant now")
     which = revoke.add_mutually_exclusive_group(required=True)
@@ -105,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", metavar="D", help="new expiry = now + D (default: the duration setting, else 1h)"
     )
 
+    _approval_commands(add)
     add("vms", "list the VMs you may ask for")
     add("whoami", "show who the broker thinks you are, your roles and address")
 
@@ -149,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _approval_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """`jit approve`, `jit deny` and `jit withdraw` (VMs tagged `jit-approval: required`)."""
+    approve = add("approve", "approve a request waiting for you: its port opens now, for the duration asked")
+    approve.add_argument("id", metavar="ID", help="the grant's id (jit ls --awaiting)")
+    approve.add_argument("--reason", type=_text, metavar="TEXT", help="why, recorded in the audit trail")
+    deny = add("deny", "deny a request waiting for you, saying why (the requester reads it)")
+    deny.add_argument("id", metavar="ID", help="the grant's id (jit ls --awaiting)")
+    deny.add_argument("--reason", type=_text, required=True, metavar="TEXT", help="why (required)")
+    withdraw = add("withdraw", "withdraw your request while it waits for an approver")
+    withdraw.add_argument("id", metavar="ID", help="the grant's id")
+
+
 def _principal(text: str) -> str:
     """`--user`: an Entra object id (what the audit trail records) or `me`; anything else is a usage error
     that says so, rather than a query that silently matches nothing."""
@@ -160,6 +185,16 @@ def _principal(text: str) -> str:
         f"{value!r} is not an object id: the audit trail records people by their Entra object id "
         f"(a GUID such as 00000000-0000-0000-0000-000000000000), or say `me`{hint}"
     )
+
+
+def _text(text: str) -> str:
+    """A reason: not empty, at most the broker's 500 characters."""
+    value = text.strip()
+    if not value:
+        raise argparse.ArgumentTypeError("say why: the reason must not be empty")
+    if len(value) > REASON_MAX:
+        raise argparse.ArgumentTypeError(f"at most {REASON_MAX} characters, not {len(value)}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -193,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(own)
     if extra and args.command not in ("ssh", "rdp"):
         parser.error(f"arguments after -- are only for ssh and rdp, not {args.command}")
+    if args.command == "ls" and args.awaiting and args.status:
+        parser.error("--awaiting lists requests awaiting approval; it takes no --status")
     args.extra = extra
     if args.command == "completion":
         # Needs no settings, broker or token: a broken config file must not break the shell's completion.
@@ -215,6 +252,9 @@ def _run(args: argparse.Namespace) -> int:
         "ls": commands.cmd_ls,
         "revoke": commands.cmd_revoke,
         "extend": commands.cmd_extend,
+        "approve": commands.cmd_approve,
+        "deny": commands.cmd_deny,
+        "withdraw": commands.cmd_withdraw,
         "vms": commands.cmd_vms,
         "whoami": commands.cmd_whoami,
         "audit": commands.cmd_audit,

@@ -111,6 +111,71 @@ def grants_table(grants: Sequence[dict[str, Any]], *, show_principal: bool = Fal
     return table(rows, headers)
 
 
+def requester(grant: dict[str, Any]) -> str:
+    """Who asked for a grant: `Bob Builder`, else their object id."""
+    return printable(str(grant.get("principal_name") or grant.get("principal") or "?"))
+
+
+def approval_text(grant: dict[str, Any]) -> str:
+    """A grant's decision in one line: `approved by Carol Operator at 2026-05-04 10:42:00Z: change CHG-42`."""
+    approval = grant.get("approval") or {}
+    status = str(grant.get("status") or "")
+    verb = "denied" if status == "denied" else "approved"
+    if not approval.get("decided_at"):
+        return f"not decided ({status})"
+    who = approval.get("decided_by_name") or approval.get("decided_by") or "an approver"
+    reason = approval.get("reason")
+    text = f"{verb} by {who} at {_when(approval['decided_at'])}" + (f": {reason}" if reason else "")
+    return printable(text)
+
+
+def _ago(at: object, now: datetime | None = None) -> str:
+    """`2026-05-04 10:42:00Z (12m00s ago)`; as it came when it does not read as a time."""
+    if not at:
+        return ""
+    try:
+        moment = parse_time(str(at))
+    except ValueError:
+        return str(at)
+    waited = ((now or datetime.now(UTC)) - moment).total_seconds()
+    return f"{_when(at)} ({human_duration(max(0.0, waited))} ago)"
+
+
+def iso_as_human(duration: object) -> str:
+    """The broker's `PT10M` as `10m` (`PT1H30M`: `1h30m`, `PT90S`: `1m30s`); as it came when it does not
+    read as a duration."""
+    from jitcli.durations import parse_seconds
+
+    if not duration:
+        return ""
+    try:
+        text = human_duration(parse_seconds(str(duration)))
+    except ValueError:
+        return str(duration)
+    return text.removesuffix("00s") if text.endswith("m00s") else text
+
+
+def awaiting_table(grants: Sequence[dict[str, Any]]) -> str:
+    """`jit ls --awaiting`: the requests waiting for me to approve, oldest first, with what they ask for."""
+    rows = []
+    for g in sorted(grants, key=lambda g: str(g.get("created_at") or "")):
+        approval = g.get("approval") or {}
+        rows.append(
+            [
+                str(g.get("id", "")),
+                str(g.get("principal_name") or g.get("principal") or ""),
+                str(g.get("vm", "")),
+                str(g.get("port", "")),
+                str(g.get("source", "")),
+                iso_as_human(approval.get("requested_duration")),
+                _ago(g.get("created_at")),
+                str(g.get("justification") or ""),
+            ]
+        )
+    headers = ["id", "requester", "vm", "port", "source", "duration", "waiting since", "justification"]
+    return table(rows, headers)
+
+
 def vms_table(vms: Sequence[dict[str, Any]]) -> str:
     """`jit vms`: the VMs the caller may request, with their ports and state."""
     rows = []

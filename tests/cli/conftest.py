@@ -195,8 +195,10 @@ class BrokerApi:
         return dict(self.call("GET", f"/api/v1/grants/{grant_id}"))
 
     def revoke_all(self, user: str) -> None:
+        """Close every open grant of `user`, and withdraw their requests still awaiting approval (DELETE does
+        both), so the next test's request is not answered with a request an earlier test left waiting."""
         for grant in self.grants(user):
-            if grant["status"] in ("pending", "active"):
+            if grant["status"] in ("pending", "active", "awaiting_approval"):
                 self.call("DELETE", f"/api/v1/grants/{grant['id']}", user)
 
 

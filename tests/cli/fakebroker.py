@@ -1,5 +1,5 @@
 """A scripted stand-in for the broker, for answers the lab broker does not give (yet): `202 Accepted` grants,
-refused renewals, revoke warnings, odd connect details.
+refused renewals, revoke warnings, odd connect details, and approvals timed to the test's liking.
 
 It is a `ThreadingHTTPServer` on 127.0.0.1 over plain HTTP (a loopback broker URL `jit` accepts), as the lab's
 token issuer and the identity tests' mini issuer are. Each `(method, path)` has a queue of replies: each
@@ -58,6 +58,8 @@ class FakeBroker:
     def __init__(self) -> None:
         self.grant_id = "g-fake0001"
         self.lifetime = timedelta(minutes=10)
+        #: How long a request on a VM that needs approval waits for an approver (its `wait_until`).
+        self.approval_wait = timedelta(hours=1)
         self.connect: dict[str, Any] = {"host": "127.0.0.1", "username": "azureuser", "os": "Linux"}
         self.seen: list[Seen] = []
         self._scripts: dict[tuple[str, str], list[Script]] = {}
@@ -114,6 +116,50 @@ class FakeBroker:
             if retry_after is not None:
                 headers["Retry-After"] = retry_after
             return Reply(202, self.grant("pending"), headers)
+
+        return reply
+
+    def approval(self, **changes: Any) -> dict[str, Any]:
+        """The grant's `approval` object while it waits (until `approval_wait` from now), with `changes`."""
+        body: dict[str, Any] = {
+            "approver_role": "JIT.Approver",
+            "wait_until": iso(datetime.now(UTC) + self.approval_wait),
+            "requested_duration": "PT10M",
+            "decided_by": None,
+            "decided_by_name": None,
+            "decided_at": None,
+            "reason": None,
+        }
+        body.update(changes)
+        return body
+
+    def decided(self, reason: str | None = None, by: str = "carol@contoso.test") -> dict[str, Any]:
+        """The `approval` object once `by` decided, now, saying `reason`."""
+        return self.approval(
+            wait_until=None,
+            decided_by="ca201000-0000-4000-8000-000000000003",
+            decided_by_name=by,
+            decided_at=iso(datetime.now(UTC)),
+            reason=reason,
+        )
+
+    def awaiting(
+        self, code: int = 202, *, retry_after: str | None = "0", **changes: Any
+    ) -> Callable[[], Reply]:
+        """The grant `awaiting_approval` (202 with Location and Retry-After, as the broker answers a request
+        and its polls); its expiry is the end of the wait (`approval_wait` from when this is scripted), as on
+        the broker."""
+        wait_until = iso(datetime.now(UTC) + self.approval_wait)
+
+        def reply() -> Reply:
+            approval = self.approval(wait_until=wait_until)
+            headers = {"Location": self.grant_path}
+            if retry_after is not None:
+                headers["Retry-After"] = retry_after
+            body = self.grant(
+                "awaiting_approval", expires_at=approval["wait_until"], approval=approval, **changes
+            )
+            return Reply(code, body, headers)
 
         return reply
 

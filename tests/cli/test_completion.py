@@ -66,6 +66,7 @@ def test_the_script_names_every_command_and_every_option(shell: str, scripts: di
     commands = commands_and_options()
     assert {path for path, _ in commands} >= {"ssh", "rdp", "grant", "ls", "revoke", "extend", "vms"}
     assert {path for path, _ in commands} >= {"whoami", "audit", "config get", "config set", "completion"}
+    assert {path for path, _ in commands} >= {"approve", "deny", "withdraw"}
     for path, options in commands:
         for word in path.split():
             assert word in text, (shell, path)
@@ -118,12 +119,14 @@ def test_fish_accepts_the_fish_script(scripts: dict[str, Path]) -> None:
 # -- and completes with it -----------------------------------------------------------------------------------
 
 # the words typed, the last being completed -> exactly what must be offered
+COMMANDS = {"ssh", "rdp", "grant", "ls", "revoke", "extend", "approve", "deny", "withdraw", "vms", "whoami"}
 CASES: list[tuple[tuple[str, ...], set[str]]] = [
-    (
-        ("jit", ""),
-        {"ssh", "rdp", "grant", "ls", "revoke", "extend", "vms", "whoami", "audit", "config", "completion"},
-    ),
+    (("jit", ""), COMMANDS | {"audit", "config", "completion"}),
     (("jit", "au"), {"audit"}),
+    (("jit", "a"), {"approve", "audit"}),
+    (("jit", "w"), {"whoami", "withdraw"}),
+    (("jit", "deny", "g-1", "--re"), {"--reason"}),
+    (("jit", "ls", "--aw"), {"--awaiting"}),
     (("jit", "audit", "--ki"), {"--kind"}),
     (("jit", "audit", "--kind", ""), set(AUDIT_KINDS)),
     (("jit", "audit", "--kind", "or"), {"orphan_removed"}),
