@@ -119,11 +119,11 @@ def test_vm_lists_follow_next_links_by_resource_group_and_subscription(
     lab.set_knobs(page_size=3)
     in_rg = [str(vm.name) for vm in compute.virtual_machines.list(RG)]
     everywhere = [str(vm.name) for vm in compute.virtual_machines.list_all()]
-    assert len(in_rg) == 9
+    assert len(in_rg) == 10
     assert "far-01" not in in_rg
     assert sorted(everywhere) == sorted([*in_rg, "far-01"])
     list_calls = [r for r in lab.requests() if r["path"].endswith("/virtualMachines")]
-    assert len(list_calls) == 3 + 4  # ceil(9/3) pages in the RG, ceil(10/3) in the subscription
+    assert len(list_calls) == 4 + 4  # ceil(10/3) pages in the RG, ceil(11/3) in the subscription
 
 
 def test_nsg_lists_cover_resource_group_and_subscription(network: NetworkManagementClient) -> None:
