@@ -1,60 +1,35 @@
-"""Fixtures of the fault matrix: the Table Storage proxy, a trigger on ARM's NSG changes, the printed matrix.
+"""Fixtures of the reliability tests: the Table Storage proxy, a trigger on and a history of ARM's NSG
+changes, the session's ARM credential, a factory of broker labs (fresh tables, reset ARM world, a concurrency
+mode), and the printed fault matrix.
 
 The matrix is written by `pytest_terminal_summary`, so it shows in `make test` output with or without `-s`.
 """
 
 from __future__ import annotations
 
-import threading
+import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from tests.reliability.brokers import ANSWER_BUDGET_S, BrokerLab, NsgChangeTrigger, NsgHistory
 from tests.reliability.matrix import Matrix
 from tests.reliability.table_proxy import TableProxy
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
     from lab.arm import ArmEmulator
+    from lab.arm.admin import ArmAdmin
     from lab.azurite import Azurite
+    from lab.issuer import TokenIssuer
+    from lab.scenario import Scenario
 
 MATRIX = pytest.StashKey[Matrix]()
-
-
-class NsgChangeTrigger:
-    """Runs an action once, right after ARM took a write that changed one NSG in the wanted way.
-
-    Subscribed once per session (the emulator has no unsubscribe); `arm()` sets the next action, `reset()`
-    drops it. Called from the emulator's request thread before it answers the write.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._wanted: tuple[str, Callable[[dict[str, Any]], bool], Callable[[], None]] | None = None
-
-    def arm(self, nsg_name: str, when: Callable[[dict[str, Any]], bool], action: Callable[[], None]) -> None:
-        """Run `action` after the first change of NSG `nsg_name` whose new state satisfies `when`."""
-        with self._lock:
-            self._wanted = (nsg_name.lower(), when, action)
-
-    @property
-    def armed(self) -> bool:
-        """True while an action waits for its NSG change."""
-        with self._lock:
-            return self._wanted is not None
-
-    def reset(self) -> None:
-        """Drop the pending action."""
-        with self._lock:
-            self._wanted = None
-
-    def __call__(self, nsg_id: str, nsg_json: dict[str, Any]) -> None:
-        with self._lock:
-            wanted = self._wanted
-            if wanted is None or not nsg_id.lower().endswith(f"/{wanted[0]}") or not wanted[1](nsg_json):
-                return
-            self._wanted = None
-        wanted[2]()
+L = TypeVar("L", bound=BrokerLab)
+LabFactory = Callable[..., Any]
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +48,93 @@ def nsg_changes(arm: ArmEmulator) -> NsgChangeTrigger:
     trigger = NsgChangeTrigger()
     arm.subscribe(trigger)
     return trigger
+
+
+@pytest.fixture(scope="session")
+def nsg_history(arm: ArmEmulator) -> NsgHistory:
+    """The session's record of the emulator's NSG states."""
+    history = NsgHistory()
+    arm.subscribe(history)
+    return history
+
+
+@pytest.fixture(scope="session")
+def arm_credential(issuer: TokenIssuer) -> TokenCredential:
+    """The broker's managed identity as one credential for every in-process broker of the session, so each
+    test's brokers reuse its token instead of asking the lab's identity endpoint again."""
+    from azure.identity import ManagedIdentityCredential
+
+    from lab.issuer import LAB_BROKER_IDENTITY
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IDENTITY_ENDPOINT", issuer.identity_endpoint)
+        patch.setenv("IDENTITY_HEADER", issuer.identity_header)
+        return ManagedIdentityCredential(client_id=LAB_BROKER_IDENTITY.client_id)
+
+
+@pytest.fixture
+def new_lab(
+    *,
+    api_broker_env: dict[str, str],
+    identity_env: dict[str, str],
+    arm_admin: ArmAdmin,
+    table_proxy: TableProxy,
+    nsg_changes: NsgChangeTrigger,
+    nsg_history: NsgHistory,
+    arm_credential: TokenCredential,
+    azurite: Azurite,
+    scenario: Scenario,
+    token_for: Callable[..., str],
+    tmp_path: Path,
+) -> Iterator[LabFactory]:
+    """`new_lab(concurrency, lro_ms, kind=BrokerLab, answer_budget=..., **extra)`: a lab on fresh tables and a
+    reset ARM world whose NSG operations run `lro_ms` and meet concurrent writes as `concurrency` says;
+    nothing armed. `extra` goes to the lab's constructor."""
+    made: list[BrokerLab] = []
+
+    def make(
+        concurrency: str,
+        lro_ms: int,
+        kind: type[L] = BrokerLab,  # type: ignore[assignment]
+        *,
+        answer_budget: str = ANSWER_BUDGET_S,
+        **extra: Any,
+    ) -> L:
+        env = {
+            **api_broker_env,
+            "JIT_TABLE_PREFIX": f"rel{uuid.uuid4().hex[:10]}",
+            "JIT_TABLE_CONNECTION_STRING": table_proxy.connection_string,
+            "JIT_TOPOLOGY_CACHE_SECONDS": "0",
+            "JIT_ARM_POLL_SECONDS": "0.05",
+            "JIT_ANSWER_BUDGET_SECONDS": answer_budget,
+        }
+        arm_admin.set_knobs(concurrency=concurrency, lro_ms=lro_ms)
+        table_proxy.reset()
+        nsg_changes.reset()
+        nsg_history.reset()
+        lab = kind(
+            settings_env=env,
+            arm_admin=arm_admin,
+            proxy=table_proxy,
+            nsg_changes=nsg_changes,
+            history=nsg_history,
+            azurite=azurite,
+            credential=arm_credential,
+            token_for=token_for,
+            scenario=scenario,
+            log_dir=tmp_path,
+            **extra,
+        )
+        lab.direct_store().ensure_tables()
+        made.append(lab)
+        return lab
+
+    yield make
+    for lab in made:
+        lab.close()
+    table_proxy.reset()
+    nsg_changes.reset()
+    arm_admin.clear_faults()
 
 
 @pytest.fixture(scope="session")

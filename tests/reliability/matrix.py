@@ -1,95 +1,157 @@
-"""The fault matrix: which step boundaries, which faults, what each cell found, and how it is printed.
+"""The fault matrix: which steps, which faults, under which ARM concurrency modes, and how it is printed.
 
-A fault *at* a boundary strikes the first operation of its kind at or after that step, and outlasts the
-retries of that one operation (the broker's own for ARM, azure-core's for Table Storage):
+Each cell is a (step x fault) pair run under one of the emulator's `concurrency` modes
+(`lab.arm.knobs.CONCURRENCY_MODES`: what an NSG write meets while another operation on that NSG is in
+progress). The steps are those of the reconciler's lifecycle on `db-01` (a NIC NSG and the subnet NSG it
+shares with `win-01`):
 
-- ARM faults (500, 429 with Retry-After, AnotherOperationInProgress, 412, a hung call) at an NSG write strike
-  that rule write; at a store step they strike the next ARM request after the store write.
-- Table Storage errors at a store step strike that store write; at an NSG write, the next store request after
+- request: the grant recorded, its first `open` row written, the NIC NSG PUT, the subnet NSG PUT, marked
+  active;
+- revoke:  the close recorded, the NIC NSG PUT, the subnet NSG PUT;
+- expiry:  the sweeper's close recorded, its subnet NSG PUT.
+
+A fault *at* a step strikes the first operation of its kind at or after that step, and outlasts the retries of
+that one operation (the reconciler's own for ARM, azure-core's for Table Storage):
+
+- ARM faults (500, 429 with Retry-After, AnotherOperationInProgress, an accepted write whose long-running
+  operation fails, a hung call) at an NSG PUT strike that PUT (`PUT .../networkSecurityGroups/<name>`),
+  whichever broker sends it first; at a store step they strike the next NSG request after the store write.
+- 412 at an NSG PUT is a real etag race: someone else saves the NSG between the broker's GET and its PUT, so
+  the broker's `If-Match` is stale (and, with a long-running operation, the retry meets the concurrency
+  mode). At a store step a concurrent writer changes the grant record, so the broker's record etag is stale.
+- Table Storage errors at a store step strike that store write; at an NSG PUT, the next store requests after
   ARM took the write.
-- 412 at a store step is real: a concurrent writer changes the grant record at that moment, so the broker's
-  etag is stale; at an NSG write, ARM answers `412 PreconditionFailed`.
-- A crash is a broker subprocess killed with SIGKILL while the step's own request is held (by the ARM
-  emulator's hang fault, or by the Table Storage proxy); the held request then lands, as a write the service
-  took from a client that died.
+- A crash is a broker (or sweeper) process killed with SIGKILL while the step's own request is held (by the
+  ARM emulator's hang fault, or by the Table Storage proxy); the held request then lands, as a write the
+  service took from a client that died.
+
+Which modes run: by default every cell runs under one mode, rotating so that every step and every fault
+meets every mode; `JIT_MATRIX_MODES=all` runs every cell under every mode, and a comma-separated list of
+modes runs every cell under each of those.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 
-INVARIANTS = ("rules", "stuck", "audit", "foreign")
+from lab.arm.knobs import CONCURRENCY_MODES
+from tests.reliability.brokers import NIC_NSG, SUBNET_NSG
+
+MODES: tuple[str, ...] = tuple(CONCURRENCY_MODES)
+MODES_ENV = "JIT_MATRIX_MODES"
+
+INVARIANTS = ("held", "orphans", "idempotent", "priorities", "rules", "stuck", "audit", "foreign")
 INVARIANT_TITLES = {
-    "rules": "no rule left that should be gone",
-    "stuck": "no grant stuck (revoked/expired/failed with a reason)",
+    "held": "no open grant's source missing while it was active",
+    "orphans": "no rule without an open grant after a sweep",
+    "idempotent": "asking again / revoking again changes nothing",
+    "priorities": "no two rules ever shared a priority",
+    "rules": "no rule left once every grant's time is up",
+    "stuck": "no grant lost or stuck (closed with a reason)",
     "audit": "no audit event missing",
     "foreign": "no foreign rule changed",
 }
 
 
-class Boundary(Enum):
-    """A step boundary of the grant or revoke path (DESIGN §4), on `db-01` (NIC NSG + subnet NSG)."""
+class Path(Enum):
+    """Which part of the lifecycle a step belongs to."""
 
-    RECORDED_PENDING = "recorded pending"
-    NIC_WRITE = "NIC NSG write"
-    SUBNET_WRITE = "subnet NSG write"
+    REQUEST = "request"
+    REVOKE = "revoke"
+    EXPIRY = "expiry"
+
+
+class Step(Enum):
+    """A step of the request, revoke or expiry path (DESIGN §4, §6) of alice's grant on `db-01`."""
+
+    RECORDED = "grant recorded"
+    OPEN_ROWS = "open rows written"
+    NIC_PUT = "NIC NSG PUT"
+    SUBNET_PUT = "subnet NSG PUT"
     MARKED_ACTIVE = "marked active"
-    NIC_REVOKE = "NIC NSG revoke write"
-    SUBNET_REVOKE = "subnet NSG revoke write"
-    MARKED_REVOKED = "marked revoked"
+    REVOKE_RECORDED = "revoke recorded"
+    NIC_REVOKE_PUT = "NIC NSG revoke PUT"
+    SUBNET_REVOKE_PUT = "subnet NSG revoke PUT"
+    EXPIRY_RECORDED = "expiry recorded"
+    EXPIRY_PUT = "subnet NSG expiry PUT"
 
     @property
-    def on_revoke_path(self) -> bool:
-        """True when the grant is made fault-free first and the fault strikes its revoke."""
-        return self in (Boundary.NIC_REVOKE, Boundary.SUBNET_REVOKE, Boundary.MARKED_REVOKED)
+    def path(self) -> Path:
+        """The part of the lifecycle the step is on."""
+        if self in (Step.REVOKE_RECORDED, Step.NIC_REVOKE_PUT, Step.SUBNET_REVOKE_PUT):
+            return Path.REVOKE
+        if self in (Step.EXPIRY_RECORDED, Step.EXPIRY_PUT):
+            return Path.EXPIRY
+        return Path.REQUEST
 
     @property
     def nsg(self) -> str | None:
-        """The NSG an NSG-write boundary writes to (None for store steps)."""
+        """The NSG an NSG-PUT step writes (None for store steps)."""
         return {
-            Boundary.NIC_WRITE: "db-01-nsg",
-            Boundary.SUBNET_WRITE: "app-subnet-nsg",
-            Boundary.NIC_REVOKE: "db-01-nsg",
-            Boundary.SUBNET_REVOKE: "app-subnet-nsg",
+            Step.NIC_PUT: NIC_NSG,
+            Step.SUBNET_PUT: SUBNET_NSG,
+            Step.NIC_REVOKE_PUT: NIC_NSG,
+            Step.SUBNET_REVOKE_PUT: SUBNET_NSG,
+            Step.EXPIRY_PUT: SUBNET_NSG,
         }.get(self)
 
     @property
-    def arm_method(self) -> str:
-        """The rule write's HTTP method: PUT opens, DELETE closes."""
-        return "DELETE" if self.on_revoke_path else "PUT"
+    def opens(self) -> bool:
+        """True when the step's NSG PUT puts alice's source in (else it takes it out)."""
+        return self.path is Path.REQUEST
 
     @property
-    def store_status(self) -> str | None:
-        """The grant status a store-step boundary writes (None for NSG writes)."""
+    def record_status(self) -> str | None:
+        """The grant status a record step writes (`pending` is the insert; None for other steps)."""
         return {
-            Boundary.RECORDED_PENDING: "pending",
-            Boundary.MARKED_ACTIVE: "active",
-            Boundary.MARKED_REVOKED: "revoked",
+            Step.RECORDED: "pending",
+            Step.MARKED_ACTIVE: "active",
+            Step.REVOKE_RECORDED: "revoked",
+            Step.EXPIRY_RECORDED: "expired",
         }.get(self)
 
 
 class Fault(Enum):
-    """What goes wrong at the boundary."""
+    """What goes wrong at the step."""
 
     CRASH = "process crash"
     ARM_500 = "ARM 500"
     ARM_429 = "ARM 429 + Retry-After"
     ARM_BUSY = "ARM AnotherOperationInProgress"
+    LRO_FAILED = "ARM operation Failed"
     STALE_412 = "412 stale etag"
     TABLE = "Table Storage errors"
     ARM_HUNG = "hung ARM call"
 
 
+def modes_for(step: Step, fault: Fault, selection: str | None = None) -> tuple[str, ...]:
+    """The concurrency modes the (step, fault) cell runs under (see the module docstring)."""
+    chosen = (os.environ.get(MODES_ENV, "") if selection is None else selection).strip().lower()
+    if chosen == "all":
+        return MODES
+    if chosen and chosen != "rotate":
+        wanted = tuple(m.strip() for m in chosen.split(",") if m.strip())
+        unknown = [m for m in wanted if m not in MODES]
+        if unknown:
+            raise ValueError(f"{MODES_ENV}: unknown modes {unknown} (known: {', '.join(MODES)})")
+        return wanted
+    steps, faults = list(Step), list(Fault)
+    return (MODES[(steps.index(step) + faults.index(fault)) % len(MODES)],)
+
+
 @dataclass
 class CellResult:
-    """What one (boundary x fault) cell saw."""
+    """What one (step x fault x mode) cell saw."""
 
-    boundary: Boundary
+    step: Step
     fault: Fault
-    fired: str = "?"
+    mode: str
+    fired: bool = False
     outcome: str = ""
-    sweeps: int = 0
+    conflicts: int = 0  # NSG PUTs ARM refused with 412, 409 or 429 (another writer's, or injected)
+    known_bug: str = ""  # the cell is marked xfail for this reported bug
     checks: dict[str, str] = field(default_factory=dict)  # invariant -> "" when it held, else why not
 
     @property
@@ -102,35 +164,42 @@ class Matrix:
     """Results of the cells that ran this session, printed at the end of the run."""
 
     def __init__(self) -> None:
-        self.cells: dict[tuple[Boundary, Fault], CellResult] = {}
+        self.cells: dict[tuple[Step, Fault, str], CellResult] = {}
 
     def add(self, result: CellResult) -> None:
         """Record one cell (a rerun replaces it)."""
-        self.cells[(result.boundary, result.fault)] = result
+        self.cells[(result.step, result.fault, result.mode)] = result
 
     def lines(self) -> list[str]:
         """The matrix as text: one row per cell, a pass/fail per invariant, then the counts."""
         if not self.cells:
             return []
-        head = f"{'boundary':<24} {'fault':<31} {'fired':<9} {'sweeps':>6}  "
-        head += "  ".join(f"{name:<7}" for name in INVARIANTS) + "  outcome"
+        names = "  ".join(f"{name[:6]:<6}" for name in INVARIANTS)
+        head = f"{'step':<22} {'fault':<31} {'mode':<10} {'fired':<5} {'confl':>5}  {names}  outcome"
         out = [head, "-" * len(head)]
-        for boundary in Boundary:
+        for step in Step:
             for fault in Fault:
-                cell = self.cells.get((boundary, fault))
-                if cell is None:
-                    continue
-                marks = "  ".join(f"{_mark(cell.checks.get(name)):<7}" for name in INVARIANTS)
-                row = f"{boundary.value:<24} {fault.value:<31} {cell.fired:<9} {cell.sweeps:>6}  {marks}"
-                out.append(f"{row}  {cell.outcome}")
+                for mode in MODES:
+                    cell = self.cells.get((step, fault, mode))
+                    if cell is None:
+                        continue
+                    marks = "  ".join(f"{_mark(cell.checks.get(name)):<6}" for name in INVARIANTS)
+                    fired = "yes" if cell.fired else "no"
+                    row = f"{step.value:<22} {fault.value:<31} {mode:<10} {fired:<5} {cell.conflicts:>5}"
+                    out.append(f"{row}  {marks}  {cell.outcome}")
         out.append("")
         total = len(self.cells)
         passed = sum(1 for c in self.cells.values() if c.passed)
-        out.append(f"cells: {total}   all invariants held: {passed}   failed: {total - passed}")
+        per_mode = ", ".join(
+            f"{mode} {sum(1 for c in self.cells.values() if c.mode == mode)}" for mode in MODES
+        )
+        contended = sum(1 for c in self.cells.values() if c.conflicts)
+        out.append(f"cells: {total} ({per_mode})   all invariants held: {passed}   failed: {total - passed}")
+        out.append(f"cells where ARM refused an NSG PUT (412, 409 or 429): {contended}")
         for name in INVARIANTS:
             broken = [c for c in self.cells.values() if c.checks.get(name)]
             out.append(f"  {INVARIANT_TITLES[name]:<54} held in {total - len(broken)}/{total}")
-            out.extend(f"    {c.boundary.value} x {c.fault.value}: {c.checks[name]}" for c in broken)
+            out.extend(f"    {c.step.value} x {c.fault.value} x {c.mode}: {c.checks[name]}" for c in broken)
         return out
 
 

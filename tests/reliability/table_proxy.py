@@ -8,7 +8,8 @@ path, not the port, so Azurite accepts what passes through). A test arms one tri
   The answer carries `retry-after-ms` so azure-core's own retries (three, for a status) happen at once
   instead of after seconds of backoff; the SDK still gives up and raises exactly as against Azure.
 - `hold(match)`: the first matching request is held, unanswered, until `release()`, then forwarded (it lands
-  even if its sender died meanwhile, as a write the service took before the client vanished).
+  even if its sender died meanwhile, as a write the service took before the client vanished), or until
+  `drop()`, then answered 503 and never forwarded (its sender died before the write left it).
 - `before(match, action)` / `after(match, action)`: run `action(request)` just before a matching request is
   forwarded, or just after Azurite answered it (a concurrent writer, or arming an ARM fault, at that moment).
 
@@ -60,6 +61,7 @@ class _Trigger:
     match: Match
     failures: int = 0
     action: Action | None = None
+    dropped: bool = False
 
 
 class TableProxy:
@@ -69,6 +71,7 @@ class TableProxy:
         self._upstream = (upstream_host, upstream_port)
         self._lock = threading.Lock()
         self._trigger: _Trigger | None = None
+        self._held: _Trigger | None = None
         self._failing = 0
         self.fired = threading.Event()
         self.released = threading.Event()
@@ -104,6 +107,7 @@ class TableProxy:
         """No trigger, no outage, nothing held."""
         with self._lock:
             self._trigger = None
+            self._held = None
             self._failing = 0
             self.failed_requests = 0
         self.released.set()
@@ -134,6 +138,13 @@ class TableProxy:
         """Let a held request go on to Azurite."""
         self.released.set()
 
+    def drop(self) -> None:
+        """Answer a held request 503 without ever forwarding it."""
+        with self._lock:
+            if self._held is not None:
+                self._held.dropped = True
+        self.released.set()
+
     def before(self, match: Match, action: Action) -> None:
         """Run `action` just before the first matching request is forwarded."""
         self._arm(_Trigger("before", match, action=action))
@@ -157,6 +168,9 @@ class TableProxy:
         if trigger.kind == "outage":
             with self._lock:
                 self._failing = trigger.failures
+        if trigger.kind == "hold":
+            with self._lock:
+                self._held = trigger
         self.fired.set()
         return trigger
 
@@ -173,6 +187,8 @@ class TableProxy:
         trigger = self._take(request)
         if trigger is not None and trigger.kind == "hold":
             self.released.wait(_HOLD_LIMIT_S)
+            if trigger.dropped:
+                return _server_busy()
         if trigger is not None and trigger.kind == "before" and trigger.action is not None:
             trigger.action(request)
         if self._should_fail():
@@ -207,6 +223,7 @@ def _server_busy() -> tuple[int, dict[str, str], bytes]:
 def _handler_for(proxy: TableProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
