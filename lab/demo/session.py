@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -50,27 +51,41 @@ class JitRun:
         assert stream is not None
         for raw in iter(stream.readline, b""):
             line = Line(time.monotonic(), raw.decode(errors="replace").rstrip("\r\n"))
+            if self._echo is not None:
+                self._echo(line.text)  # before anyone waiting for it sees it, so what they print comes after
             with self._changed:
                 self.lines.append(line)
                 self._changed.notify_all()
-            if self._echo is not None:
-                self._echo(line.text)
         with self._changed:
             self._ended = True
             self._changed.notify_all()
 
-    def wait_for(self, needle: str, timeout: float, *, after: int = 0) -> Line | None:
-        """The first line (from index `after` on) containing `needle`; None when none came in time."""
+    def wait_for(self, needle: str | re.Pattern[str], timeout: float, *, after: int = 0) -> Line | None:
+        """The first line (from index `after` on) containing `needle` (or matching it, a pattern); None when
+        none came in time."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 for line in self.lines[after:]:
-                    if needle in line.text:
+                    if needle.search(line.text) if isinstance(needle, re.Pattern) else needle in line.text:
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0 or self._ended:
                     return None
                 self._changed.wait(left)
+
+    def settle(self, quiet: float = 0.3, timeout: float = 3.0) -> None:
+        """Wait until no new line came for `quiet` seconds (at most `timeout`): a message printed whole."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._ended:
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(min(quiet, left))
+                if len(self.lines) == seen:
+                    return
 
     def ask(self, text: str, timeout: float = 5.0) -> bool:
         """Send a line to a session echoing `echo:<line>` back; whether the echo came within `timeout` s."""

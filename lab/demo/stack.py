@@ -3,6 +3,8 @@
     with PacketLab() as lab:
         lab.jit("alice", "grant", "web-01", "--port", "22", "--json")        # inside alice's namespace
         run = lab.jit_session("alice", "ssh", "web-01", "--", *lab.ssh_options(), "hostname")
+        lab.api("bob", "POST", "/api/v1/grants", {"vm": "prod-01"})         # 202 awaiting_approval
+        lab.approve("carol", grant_id, "change CHG-42")                      # `jit approve`, or the API
 
 What `make demo`, the end-to-end tests and the time-to-connect benchmark share. Callers live in network
 namespaces (203.0.113.x), so everything they talk to binds `HOST_V4` (198.51.100.1), the root namespace's
@@ -14,37 +16,109 @@ Callers resolve the VMs' DNS names (`web-01.westeurope.cloudapp.azure.com`, the 
 connect to) through `/etc/netns/<namespace>/hosts`, which `ip netns exec` mounts over /etc/hosts; their
 resolv.conf names no server, so no lookup leaves the lab. Every NSG change the emulator commits is rendered
 into nftables, optionally `propagation_s` later, standing in for Azure's data-plane delay.
+
+`api(user, …)` calls the broker's HTTP API as a user from their machine (a socket in their namespace, so the
+broker sees their address) with a token the lab's issuer signs for them. With `webhooks=True`, and when this
+lab has the notifications' pieces (`lab.webhooks` and the broker's delivery loop), a local webhook receiver
+(`.receiver`) gets every event the broker publishes, through Azurite's queue.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import http.client
+import importlib
+import importlib.util
+import inspect
+import json
 import os
 import queue
+import secrets
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from lab.azurite import Azurite
 from lab.broker import BrokerProcess
 from lab.demo.session import JitRun
 from lab.issuer import TokenIssuer
 from lab.netlab import HOST_V4, NetLab, NetlabError, can_run
+from lab.netlab.netns import socket_in
 from lab.scenario import Scenario, load_scenario
 from lab.settings import lab_broker_settings
 from lab.tls import LabCA
 
-DEMO_VMS = ("web-01", "db-01", "win-01")
+DEMO_VMS = ("web-01", "db-01", "win-01", "prod-01")
 NETNS_ETC = Path("/etc/netns")
 NsgCallback = Callable[[str, dict[str, Any]], None]
+DELIVER_INTERVAL_S = 0.5  # how often the lab's delivery loop reads the events queue when webhooks are on
+OPEN_OR_WAITING = ("awaiting_approval", "pending", "active")
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    """An answer of the broker's API: status, headers (lower-case names) and the JSON body (None if none)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def error(self) -> str:
+        """The broker's error code and message, or the status line's number."""
+        err = self.body.get("error") if isinstance(self.body, dict) else None
+        if isinstance(err, dict):
+            return f"{self.status} {err.get('code')}: {err.get('message')}"
+        return f"HTTP {self.status}"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """How an approver said yes: what they ran, and what came back."""
+
+    command: str  # `jit approve …` as typed, or the API call
+    ok: bool
+    said: str  # the CLI's output, or the API's status and the grant's status
+
+
+class _CallerHTTPS(http.client.HTTPSConnection):
+    """HTTPS whose socket lives in a caller's network namespace: their address, their routes."""
+
+    def __init__(
+        self, namespace: str, host: str, port: int, *, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._namespace = namespace
+        self._tls = context
+
+    def connect(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket_in(self._namespace, family)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect((self.host, self.port))
+            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def notifications_available() -> bool:
+    """Whether this lab has the notifications' pieces: the webhook receiver and the broker's delivery loop."""
+    if importlib.util.find_spec("lab.webhooks") is None:
+        return False
+    return "deliver_interval" in inspect.signature(BrokerProcess).parameters
 
 
 class DelayedNsgFeed:
@@ -84,7 +158,8 @@ class PacketLab:
     """Builds the network lab, CA, token issuer, ARM emulator, Azurite and broker; tears all down on `stop()`.
 
     `knobs` are the ARM emulator's (latency, LRO time) from construction on, surviving `reset()`;
-    `sweep_interval` is the lab sweeper's period in seconds; `broker_overrides` replace broker settings.
+    `sweep_interval` is the lab sweeper's period in seconds; `broker_overrides` replace broker settings;
+    `webhooks` turns notifications on (when `notifications_available()`): `.receiver` records what arrives.
     """
 
     def __init__(
@@ -96,6 +171,7 @@ class PacketLab:
         knobs: Mapping[str, Any] | None = None,
         propagation_s: float = 0.0,
         broker_overrides: Mapping[str, str] | None = None,
+        webhooks: bool = False,
     ) -> None:
         self.scenario = scenario or load_scenario()
         self.vms = tuple(vms)
@@ -103,8 +179,11 @@ class PacketLab:
         self.knobs = dict(knobs or {})
         self.propagation_s = propagation_s
         self.broker_overrides = dict(broker_overrides or {})
+        self.webhooks = webhooks and notifications_available()
+        self.receiver: Any = None  # lab.webhooks.WebhookReceiver, when webhooks are on
         self.folder = Path()
         self._parts = contextlib.ExitStack()
+        self._cli_commands: dict[str, bool] = {}
 
     def start(self) -> PacketLab:
         """Build everything (NetlabError when this machine cannot: not root, or another lab runs)."""
@@ -137,13 +216,20 @@ class PacketLab:
                 self.net.attach(feed, self.arm.service.all_nsgs)
             else:
                 self.net.follow(self.arm)
+            overrides = dict(self.broker_overrides)
+            loops: dict[str, Any] = {}
+            if self.webhooks:
+                receiver_type = importlib.import_module("lab.webhooks").WebhookReceiver
+                self.receiver = parts.enter_context(receiver_type(secrets.token_hex(16)))
+                overrides = {**self.receiver.settings(), **overrides}
+                loops["deliver_interval"] = DELIVER_INTERVAL_S
             self.settings = lab_broker_settings(
                 self.scenario,
                 ca=self.ca,
                 issuer=self.issuer,
                 arm_url=self.arm.url,
                 azurite=self.azurite,
-                overrides=self.broker_overrides,
+                overrides=overrides,
             )
             self.broker = parts.enter_context(
                 BrokerProcess(
@@ -152,6 +238,7 @@ class PacketLab:
                     sweep_interval=self.sweep_interval,
                     log_dir=self.folder / "broker",
                     tls=(self.ca.certfile, self.ca.keyfile),
+                    **loops,
                 )
             )
             self.admin = ArmAdmin(self.arm.url, verify=str(self.ca.ca_bundle))
@@ -254,6 +341,78 @@ class PacketLab:
         """Start `jit args…` as `user` (e.g. `jit ssh`), reading its output as it comes."""
         return JitRun(self.jit_argv(user, *args), echo=echo)
 
+    def cli_has(self, command: str) -> bool:
+        """Whether the installed `jit` knows `command` (e.g. `approve`), asked once."""
+        if command not in self._cli_commands:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.folder)}
+            done = subprocess.run(  # noqa: S603 - argv, no shell
+                [*jit_command(), command, "--help"], capture_output=True, env=env, timeout=60, check=False
+            )
+            self._cli_commands[command] = done.returncode == 0
+        return self._cli_commands[command]
+
+    # ---- the broker's API, as a user on their machine ----
+
+    def api(self, user: str, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> ApiAnswer:
+        """Call the broker's API as `user` from their namespace (the broker sees their address)."""
+        url = urlsplit(self.broker.url)
+        assert url.hostname is not None and url.port is not None
+        context = ssl.create_default_context(cafile=str(self.ca.ca_bundle))
+        namespace = self.net.topology.caller(user).namespace
+        connection = _CallerHTTPS(namespace, url.hostname, url.port, context=context, timeout=timeout)
+        headers = {"Authorization": f"Bearer {self.issuer.token(user)}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            answer_headers = {name.lower(): value for name, value in response.getheaders()}
+        finally:
+            connection.close()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return ApiAnswer(response.status, parsed, answer_headers)
+
+    def grants(self, user: str) -> list[dict[str, Any]]:
+        """Every grant of `user`'s, newest first (every page)."""
+        found: list[dict[str, Any]] = []
+        path: str | None = "/api/v1/grants"
+        while path:
+            page = self.api(user, "GET", path)
+            if page.status != 200:
+                raise RuntimeError(f"listing {user}'s grants: {page.error()}")
+            found.extend(page.body["grants"])
+            link = page.body.get("nextLink")
+            path = None
+            if link:
+                parts = urlsplit(link)
+                path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return found
+
+    def grant(self, user: str, grant_id: str) -> dict[str, Any]:
+        """One grant as its owner reads it."""
+        answer = self.api(user, "GET", f"/api/v1/grants/{grant_id}")
+        if answer.status != 200:
+            raise RuntimeError(f"reading grant {grant_id} as {user}: {answer.error()}")
+        return dict(answer.body)
+
+    def approve(self, approver: str, grant_id: str, reason: str) -> Approval:
+        """`approver` says yes: `jit approve ID --reason …` on their machine when the CLI has it, else
+        `POST /api/v1/grants/{id}/approve` from their machine."""
+        if self.cli_has("approve"):
+            done = self.jit(approver, "approve", grant_id, "--reason", reason)
+            said = "\n".join(line for line in (done.stdout + done.stderr).splitlines() if line.strip())
+            return Approval(f"jit approve {grant_id} --reason {reason!r}", done.returncode == 0, said)
+        answer = self.api(approver, "POST", f"/api/v1/grants/{grant_id}/approve", {"reason": reason})
+        ok = answer.status in (200, 202)
+        said = f"{answer.status}, grant {answer.body.get('status')}" if ok else answer.error()
+        return Approval(f"POST /api/v1/grants/{grant_id}/approve {json.dumps({'reason': reason})}", ok, said)
+
     def ssh_options(self) -> list[str]:
         """Options for `jit ssh … -- OPTIONS [command]`: the lab's key, host keys also under DNS names."""
         known = f"UserKnownHostsFile={self.net.keys.known_hosts}"
@@ -268,11 +427,25 @@ class PacketLab:
         rules = self.admin.nsg(nsg)["properties"].get("securityRules", [])
         return [rule for rule in rules if is_broker_rule(rule)]
 
+    def close_grants(self, user: str) -> list[str]:
+        """Revoke `user`'s open grants and withdraw their waiting requests (DELETE does both); their ids."""
+        closed = []
+        for grant in self.grants(user):
+            if grant["status"] in OPEN_OR_WAITING:
+                answer = self.api(user, "DELETE", f"/api/v1/grants/{grant['id']}")
+                if answer.status != 200:
+                    raise RuntimeError(f"closing {user}'s grant {grant['id']}: {answer.error()}")
+                closed.append(str(grant["id"]))
+        return closed
+
     def reset(self, users: Iterable[str] = ()) -> None:
-        """Revoke `users`' open grants (so the broker forgets them), then restore the scenario's ARM world."""
+        """Close `users`' grants and requests (so the broker forgets them), then restore the scenario's ARM
+        world; a webhook receiver forgets what it got."""
         for user in users:
-            self.jit(user, "revoke", "--mine")
+            self.close_grants(user)
         self.admin.reset()
+        if self.receiver is not None:
+            self.receiver.clear()
 
 
 def jit_command() -> list[str]:

@@ -17,7 +17,7 @@ from lab.netlab import can_run
 from tests.netlab.conftest import IssuerCredential, Rules
 
 SUBSCRIPTION = "00000000-0000-4000-8000-0000000000a1"
-USERS = ("alice", "mallory")
+USERS = ("alice", "bob", "mallory")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def packet_lab() -> Iterator[PacketLab]:
 
 @pytest.fixture
 def lab(packet_lab: PacketLab) -> Iterator[PacketLab]:
-    """The lab for one test; afterwards every grant is revoked and the scenario's ARM world restored."""
+    """The lab for one test; afterwards every grant is revoked (every waiting request withdrawn) and the
+    scenario's ARM world restored."""
     yield packet_lab
     packet_lab.reset(users=USERS)
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from lab.broker import REPO_ROOT
+from lab.demo import notifications_available
 from lab.netlab import can_run
 
 NOBODY = 65534
@@ -51,6 +52,17 @@ def test_the_demo_tells_the_whole_story_and_every_check_holds():
         "mallory's connection times out",
         "holds no broker rule any more",
         "recorded as expired",
+        # prod-01 needs carol's approval
+        "waits for carol",
+        "prod-01-nsg holds no broker rule:",
+        "got past prod-01-nsg",
+        "the clock started at carol's yes",
+        "ran a command on prod-01",
+        "for bob's address only, expiring at approval + 30m",
+        "bob's jit exited 0 after revoking",
+        "prod-01-nsg holds no broker rule any more",
     ):
         assert told in done.stdout
+    if notifications_available() and "this broker publishes no events yet" not in done.stdout:
+        assert "the receiver got requested, approved, granted for bob's grant, each signed" in done.stdout
     assert "✘" not in done.stdout
