@@ -15,7 +15,6 @@ from lab.demo.stack import (
     DelayedNsgFeed,
     PacketLab,
     jit_command,
-    notifications_available,
     wait_until,
 )
 from lab.demo.watch import SynCounter, Syns
@@ -31,6 +30,5 @@ __all__ = [
     "SynCounter",
     "Syns",
     "jit_command",
-    "notifications_available",
     "wait_until",
 ]

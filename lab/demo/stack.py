@@ -4,7 +4,7 @@
         lab.jit("alice", "grant", "web-01", "--port", "22", "--json")        # inside alice's namespace
         run = lab.jit_session("alice", "ssh", "web-01", "--", *lab.ssh_options(), "hostname")
         lab.api("bob", "POST", "/api/v1/grants", {"vm": "prod-01"})         # 202 awaiting_approval
-        lab.approve("carol", grant_id, "change CHG-42")                      # `jit approve`, or the API
+        lab.approve("carol", grant_id, "change CHG-42")                      # `jit approve` on her machine
 
 What `make demo`, the end-to-end tests and the time-to-connect benchmark share. Callers live in network
 namespaces (203.0.113.x), so everything they talk to binds `HOST_V4` (198.51.100.1), the root namespace's
@@ -18,9 +18,9 @@ resolv.conf names no server, so no lookup leaves the lab. Every NSG change the e
 into nftables, optionally `propagation_s` later, standing in for Azure's data-plane delay.
 
 `api(user, …)` calls the broker's HTTP API as a user from their machine (a socket in their namespace, so the
-broker sees their address) with a token the lab's issuer signs for them. With `webhooks=True`, and when this
-lab has the notifications' pieces (`lab.webhooks` and the broker's delivery loop), a local webhook receiver
-(`.receiver`) gets every event the broker publishes, through Azurite's queue.
+broker sees their address) with a token the lab's issuer signs for them. With `webhooks=True` a local webhook
+receiver (`.receiver`, lab/webhooks.py) gets every event the broker publishes, through Azurite's queue and
+the lab's delivery loop.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import http.client
-import importlib
-import importlib.util
-import inspect
 import json
 import os
 import queue
@@ -59,6 +56,7 @@ from lab.netlab.netns import socket_in
 from lab.scenario import Scenario, load_scenario
 from lab.settings import lab_broker_settings
 from lab.tls import LabCA
+from lab.webhooks import WebhookReceiver
 
 DEMO_VMS = ("web-01", "db-01", "win-01", "prod-01")
 NETNS_ETC = Path("/etc/netns")
@@ -87,9 +85,9 @@ class ApiAnswer:
 class Approval:
     """How an approver said yes: what they ran, and what came back."""
 
-    command: str  # `jit approve …` as typed, or the API call
+    command: str  # `jit approve …` as typed
     ok: bool
-    said: str  # the CLI's output, or the API's status and the grant's status
+    said: str  # what `jit approve` printed
 
 
 class _CallerHTTPS(http.client.HTTPSConnection):
@@ -112,13 +110,6 @@ class _CallerHTTPS(http.client.HTTPSConnection):
         except BaseException:
             sock.close()
             raise
-
-
-def notifications_available() -> bool:
-    """Whether this lab has the notifications' pieces: the webhook receiver and the broker's delivery loop."""
-    if importlib.util.find_spec("lab.webhooks") is None:
-        return False
-    return "deliver_interval" in inspect.signature(BrokerProcess).parameters
 
 
 class DelayedNsgFeed:
@@ -159,7 +150,7 @@ class PacketLab:
 
     `knobs` are the ARM emulator's (latency, LRO time) from construction on, surviving `reset()`;
     `sweep_interval` is the lab sweeper's period in seconds; `broker_overrides` replace broker settings;
-    `webhooks` turns notifications on (when `notifications_available()`): `.receiver` records what arrives.
+    `webhooks` turns notifications on: `.receiver` records what the delivery loop posts.
     """
 
     def __init__(
@@ -179,11 +170,10 @@ class PacketLab:
         self.knobs = dict(knobs or {})
         self.propagation_s = propagation_s
         self.broker_overrides = dict(broker_overrides or {})
-        self.webhooks = webhooks and notifications_available()
-        self.receiver: Any = None  # lab.webhooks.WebhookReceiver, when webhooks are on
+        self.webhooks = webhooks
+        self.receiver: WebhookReceiver | None = None
         self.folder = Path()
         self._parts = contextlib.ExitStack()
-        self._cli_commands: dict[str, bool] = {}
 
     def start(self) -> PacketLab:
         """Build everything (NetlabError when this machine cannot: not root, or another lab runs)."""
@@ -217,12 +207,11 @@ class PacketLab:
             else:
                 self.net.follow(self.arm)
             overrides = dict(self.broker_overrides)
-            loops: dict[str, Any] = {}
+            deliver_interval = None
             if self.webhooks:
-                receiver_type = importlib.import_module("lab.webhooks").WebhookReceiver
-                self.receiver = parts.enter_context(receiver_type(secrets.token_hex(16)))
+                self.receiver = parts.enter_context(WebhookReceiver(secrets.token_hex(16)))
                 overrides = {**self.receiver.settings(), **overrides}
-                loops["deliver_interval"] = DELIVER_INTERVAL_S
+                deliver_interval = DELIVER_INTERVAL_S
             self.settings = lab_broker_settings(
                 self.scenario,
                 ca=self.ca,
@@ -238,7 +227,7 @@ class PacketLab:
                     sweep_interval=self.sweep_interval,
                     log_dir=self.folder / "broker",
                     tls=(self.ca.certfile, self.ca.keyfile),
-                    **loops,
+                    deliver_interval=deliver_interval,
                 )
             )
             self.admin = ArmAdmin(self.arm.url, verify=str(self.ca.ca_bundle))
@@ -341,16 +330,6 @@ class PacketLab:
         """Start `jit args…` as `user` (e.g. `jit ssh`), reading its output as it comes."""
         return JitRun(self.jit_argv(user, *args), echo=echo)
 
-    def cli_has(self, command: str) -> bool:
-        """Whether the installed `jit` knows `command` (e.g. `approve`), asked once."""
-        if command not in self._cli_commands:
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.folder)}
-            done = subprocess.run(  # noqa: S603 - argv, no shell
-                [*jit_command(), command, "--help"], capture_output=True, env=env, timeout=60, check=False
-            )
-            self._cli_commands[command] = done.returncode == 0
-        return self._cli_commands[command]
-
     # ---- the broker's API, as a user on their machine ----
 
     def api(self, user: str, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> ApiAnswer:
@@ -402,16 +381,10 @@ class PacketLab:
         return dict(answer.body)
 
     def approve(self, approver: str, grant_id: str, reason: str) -> Approval:
-        """`approver` says yes: `jit approve ID --reason …` on their machine when the CLI has it, else
-        `POST /api/v1/grants/{id}/approve` from their machine."""
-        if self.cli_has("approve"):
-            done = self.jit(approver, "approve", grant_id, "--reason", reason)
-            said = "\n".join(line for line in (done.stdout + done.stderr).splitlines() if line.strip())
-            return Approval(f"jit approve {grant_id} --reason {reason!r}", done.returncode == 0, said)
-        answer = self.api(approver, "POST", f"/api/v1/grants/{grant_id}/approve", {"reason": reason})
-        ok = answer.status in (200, 202)
-        said = f"{answer.status}, grant {answer.body.get('status')}" if ok else answer.error()
-        return Approval(f"POST /api/v1/grants/{grant_id}/approve {json.dumps({'reason': reason})}", ok, said)
+        """`approver` runs `jit approve ID --reason …` on their machine."""
+        done = self.jit(approver, "approve", grant_id, "--reason", reason)
+        said = "\n".join(line for line in (done.stdout + done.stderr).splitlines() if line.strip())
+        return Approval(f"jit approve {grant_id} --reason {reason!r}", done.returncode == 0, said)
 
     def ssh_options(self) -> list[str]:
         """Options for `jit ssh … -- OPTIONS [command]`: the lab's key, host keys also under DNS names."""
