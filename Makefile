@@ -8,14 +8,19 @@ PINS_VENV := $(VENV)/pins
 PIP_TOOLS := pip==26.3 pip-tools==7.6.2
 PIP_COMPILE := $(PINS_VENV)/bin/pip-compile --quiet --strip-extras --no-header --annotation-style=line \
   --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(PINS_ARGS)
-APT_PACKAGES := openssh-server openssh-client nftables iproute2 procps
-APT_COMMANDS := /usr/sbin/sshd /usr/bin/ssh /usr/sbin/nft /usr/sbin/ip /usr/bin/pkill
+# chromium: Debian's browser, which the web page's Playwright tests drive (tests/web; no browser download)
+APT_PACKAGES := openssh-server openssh-client nftables iproute2 procps chromium
+APT_COMMANDS := /usr/sbin/sshd /usr/bin/ssh /usr/sbin/nft /usr/sbin/ip /usr/bin/pkill /usr/bin/chromium
+# The web page (docs/web.md): web/ bundled with MSAL.js from node_modules into jitbroker/static/, which the
+# broker serves at / and the Functions package ships.
+WEB_SOURCES := $(wildcard web/*.html web/*.css web/*.svg web/*.mjs web/src/*.js)
+WEB_BUILT := jitbroker/static/app.js
 
-.PHONY: test lint typecheck pytest demo bench fuzz lab setup pins clean
+.PHONY: test lint typecheck pytest demo bench fuzz lab setup pins clean web
 
 test: setup lint typecheck pytest ## every check: ruff, mypy, pytest (unit, integration, end-to-end)
 
-setup: $(VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed apt
+setup: $(VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed web apt
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml cli/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +51,11 @@ pins:
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+web: $(WEB_BUILT) ## the web page, built into jitbroker/static/
+
+$(WEB_BUILT): $(WEB_SOURCES) node_modules/.installed
+	npm run --silent build
 
 apt:
 	@missing=""; for c in $(APT_COMMANDS); do test -x $$c || missing=1; done; \
@@ -78,4 +88,4 @@ lab: setup ## the local Azure lab in the foreground
 	$(VENV)/bin/jit-lab up
 
 clean:
-	rm -rf $(VENV) node_modules .lab .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .lab .pytest_cache .mypy_cache .ruff_cache jitbroker/static

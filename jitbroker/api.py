@@ -33,6 +33,7 @@ from jitbroker.identity import Principal, bearer_token, caller_address
 from jitbroker.model import AuditEvent, Grant, GrantStatus
 from jitbroker.policy import may_name_sources
 from jitbroker.readiness import ReadinessReport
+from jitbroker.web import install_web
 
 log = logging.getLogger(__name__)
 
@@ -500,6 +501,7 @@ def create_app(
         )
 
     _install_operations_routes(app, provide, readiness)
+    install_web(app, lambda: provide().settings)  # the page at / (docs/web.md)
     return app
 
 

@@ -142,6 +142,7 @@ def _start_parts(
         if broker is not None:
             parts.callback(broker.stop)
             broker_url = str(broker.url)
+            issuer.register_redirect_uri(f"{broker_url}/")  # the web page signs in there (docs/web.md)
     return {
         "pid": os.getpid(),
         "scenario": str(scenario_path),
@@ -171,6 +172,8 @@ def _print_summary(state: dict[str, Any], state_path: Path) -> None:
     _say(f"ARM emulator:     {state['arm'] or '-'}")
     _say(f"Azurite tables:   {state['azurite']}")
     _say(f"broker:           {state['broker'] or '-'}")
+    if state["broker"]:
+        _say(f"web page:         {state['broker']}/  (sign in as alice, or any scenario user)")
     _say(f"CA bundle:        {state['ca_bundle']}")
     _say(f"state:            {state_path}")
     _say("")

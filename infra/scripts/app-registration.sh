@@ -6,7 +6,11 @@
 #     infra/scripts/assign-role.sh);
 #   - the Azure CLI pre-authorized, so `az account get-access-token`, azd and the jit CLI get tokens without a
 #     consent prompt;
-#   - its service principal, with "assignment required" on, so only people given a role get a token at all.
+#   - its service principal, with "assignment required" on, so only people given a role get a token at all;
+#   - the web page's sign-in (docs/web.md): the deployed site's root, https://<app>.azurewebsites.net/, as a
+#     single-page-application redirect URI (MSAL.js, authorization code + PKCE). The site is known from
+#     $JIT_WEB_URL, or inside an azd project once `azd provision` has stored JIT_BROKER_URL: run the script
+#     again after the first `azd up` (other SPA redirect URIs already registered are kept).
 # Safe to run again: it finds the app by display name and converges it. Needs `az login` as someone who may
 # create app registrations (Application Developer, or the tenant default that lets users register apps).
 #
@@ -83,6 +87,32 @@ if ! az ad sp show --id "$APP_ID" --query id -o tsv >/dev/null 2>&1; then
 fi
 az ad sp update --id "$APP_ID" --set appRoleAssignmentRequired=true --output none
 
+# 4. The web page: the site's root as a SPA redirect URI, added to those already there.
+WEB_URL="${JIT_WEB_URL:-}"
+if [ -z "$WEB_URL" ] && command -v azd >/dev/null; then
+  WEB_URL="$(azd env get-value JIT_BROKER_URL 2>/dev/null || true)"
+fi
+WEB_REDIRECT_URI=""
+if [ -n "$WEB_URL" ]; then
+  case "$WEB_URL" in
+    https://*) WEB_REDIRECT_URI="${WEB_URL%/}/" ;;
+    *) say "JIT_WEB_URL must be the site's https:// address, not '${WEB_URL}'"; exit 1 ;;
+  esac
+  EXISTING="$(az ad app show --id "$APP_ID" --query "spa.redirectUris[]" -o tsv)"
+  SPA_URIS=""
+  FOUND=""
+  while IFS= read -r uri; do
+    [ -n "$uri" ] || continue
+    [ "$uri" = "$WEB_REDIRECT_URI" ] && FOUND=1
+    SPA_URIS="${SPA_URIS:+${SPA_URIS}, }\"${uri}\""
+  done <<<"$EXISTING"
+  [ -n "$FOUND" ] || SPA_URIS="${SPA_URIS:+${SPA_URIS}, }\"${WEB_REDIRECT_URI}\""
+  patch "{\"spa\": {\"redirectUris\": [${SPA_URIS}]}}"
+  say "the web page signs in at ${WEB_REDIRECT_URI}"
+else
+  say "no site address yet: after 'azd up', run this again (or set JIT_WEB_URL) to add the web page's sign-in"
+fi
+
 if command -v azd >/dev/null && azd env get-values >/dev/null 2>&1; then
   azd env set JIT_API_CLIENT_ID "$APP_ID" >/dev/null
   azd env set JIT_API_APP_ID_URI "$APP_ID_URI" >/dev/null
@@ -94,3 +124,6 @@ JIT_TENANT_ID=${TENANT_ID}
 JIT_API_CLIENT_ID=${APP_ID}
 JIT_API_APP_ID_URI=${APP_ID_URI}
 OUT
+if [ -n "$WEB_REDIRECT_URI" ]; then
+  printf 'JIT_WEB_REDIRECT_URI=%s\n' "$WEB_REDIRECT_URI"
+fi

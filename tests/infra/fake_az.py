@@ -70,7 +70,12 @@ def main(args: list[str]) -> int:
         state["apps"].append(app)
         out = app["appId"]
     elif command == "ad app show":
-        out = _app(state, "appId", _option(args, "--id"))["id"]
+        app = _app(state, "appId", _option(args, "--id"))
+        if _option(args, "--query") == "spa.redirectUris[]":  # -o tsv: one per line
+            spa: Any = app.get("spa") or {}
+            out = "\n".join(spa.get("redirectUris", []))
+        else:
+            out = app["id"]
     elif command.startswith("rest"):
         assert _option(args, "--method") == "PATCH", args
         object_id = _option(args, "--uri").rsplit("/applications/", 1)[1]

@@ -20,7 +20,7 @@ SCRIPT = INFRA / "scripts" / "app-registration.sh"
 AZURE_CLI = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, *args: str, web_url: str | None = None) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     az = bin_dir / "az"
@@ -31,6 +31,8 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "HOME": str(tmp_path),
         "FAKE_AZ_STATE": str(tmp_path / "directory.json"),
     }
+    if web_url is not None:
+        env["JIT_WEB_URL"] = web_url
     return subprocess.run(
         ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60, check=False
     )
@@ -120,3 +122,42 @@ def test_the_script_stops_when_az_is_missing(tmp_path: Path):
     proc = subprocess.run(["/bin/bash", str(SCRIPT)], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode != 0
     assert "az" in proc.stderr
+
+
+SITE = "https://func-jit-abc123.azurewebsites.net"
+
+
+def test_without_a_site_address_no_web_sign_in_is_registered_and_the_script_says_when_to_run_again(
+    tmp_path: Path,
+):
+    proc = _run(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (app,) = _directory(tmp_path)["apps"]
+    assert "spa" not in app
+    assert "JIT_WEB_REDIRECT_URI" not in _outputs(proc)
+    assert "run this again" in proc.stderr
+
+
+def test_the_deployed_sites_root_becomes_the_web_pages_spa_redirect_uri(tmp_path: Path):
+    proc = _run(tmp_path, web_url=SITE)
+    assert proc.returncode == 0, proc.stderr
+    (app,) = _directory(tmp_path)["apps"]
+    assert app["spa"] == {"redirectUris": [f"{SITE}/"]}
+    assert "web" not in app and "publicClient" not in app  # a SPA: code + PKCE, no secret, no implicit grant
+    assert _outputs(proc)["JIT_WEB_REDIRECT_URI"] == f"{SITE}/"
+    assert f"{SITE}/" in proc.stderr
+
+
+def test_adding_the_site_again_converges_and_keeps_other_spa_redirect_uris(tmp_path: Path):
+    assert _run(tmp_path, web_url="https://jit.contoso.test/").returncode == 0
+    assert _run(tmp_path, web_url=SITE).returncode == 0
+    assert _run(tmp_path, web_url=f"{SITE}/").returncode == 0
+    assert _run(tmp_path).returncode == 0  # no address this time: what is registered stays
+    (app,) = _directory(tmp_path)["apps"]
+    assert app["spa"]["redirectUris"] == ["https://jit.contoso.test/", f"{SITE}/"]
+
+
+def test_a_site_address_that_is_not_https_is_refused(tmp_path: Path):
+    proc = _run(tmp_path, web_url="http://func-jit-abc123.azurewebsites.net")
+    assert proc.returncode != 0
+    assert "https://" in proc.stderr
