@@ -112,8 +112,12 @@ class Closer:
             return closed  # it waited for an approver: no door was ever opened, no NSG to touch
         try:
             results = self._reconciler.reconcile_all(closed.nsg_ids, timeout=self._budget)
-        except StillWorking:
-            return closed
+        except StillWorking:  # the write goes on; if it fails, the sweeper finishes: say so
+            return (
+                replace(closed, warnings=(*closed.warnings, CLOSE_PENDING_NOTE))
+                if grant.status.is_open
+                else closed
+            )
         except Exception:
             log.warning("grant %s is %s but its NSG write failed; the sweeper will finish", grant.id, status)
             if grant.status.is_open:

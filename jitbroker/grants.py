@@ -146,7 +146,7 @@ class GrantService:
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "see")
         if grant.status is GrantStatus.PENDING and self._still_fresh(grant):
-            return self._settle(grant)
+            return self.activate(grant)  # rows again (a broker may have died between them), then the passes
         return grant
 
     def _still_fresh(self, grant: Grant) -> bool:
@@ -531,13 +531,13 @@ class GrantService:
             note = f"expiry capped by the maximum total duration of {total}"
             warnings = (*(w for w in warnings if w != note), note)
         if expires_at == grant.expires_at and warnings == grant.warnings:
-            return self._settle(grant) if grant.status is GrantStatus.PENDING else grant
+            return self.activate(grant) if grant.status is GrantStatus.PENDING else grant
         # The record first, then the rows its reconcilers read: a rule's name carries the latest expiry.
         longer = self._transition(grant, expires_at=expires_at, warnings=warnings)
         self._store.extend_open_rows(longer)
         self._closer.audit("extended", longer, None, detail=longer.expires_at.isoformat())
         if longer.status is GrantStatus.PENDING:
-            return self._settle(longer)
+            return self.activate(longer)
         if longer.status is GrantStatus.ACTIVE and longer.expires_at != grant.expires_at:
             try:
                 results = self._reconciler.reconcile_all(longer.nsg_ids, timeout=self._budget)

@@ -120,8 +120,9 @@ def build(
 ) -> Broker:
     """Build every part from settings; `clock` is injectable so tests can sweep at a chosen time, and
     `publisher` receives the lifecycle's events (notifications)."""
-    from jitbroker.topology import TopologyReader
+    from jitbroker.topology import TopologyReader, warm_sdk_models
 
+    warm_sdk_models()  # before any request thread meets a cold SDK model class
     backend, topology = build_backend(
         settings.sweep(),
         clock=clock,

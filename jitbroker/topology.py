@@ -430,3 +430,70 @@ def _dedupe(ids: list[str]) -> tuple[str, ...]:
             seen.add(ident.lower())
             result.append(ident)
     return tuple(result)
+
+
+_WARM_ID = "/subscriptions/s/resourceGroups/r/providers"
+_warmed = threading.Lock()
+_warm_done: list[bool] = []
+
+
+def warm_sdk_models() -> None:
+    """Build each ARM model class topology reads once, on this thread, before a burst does it on many.
+
+    The generated azure-mgmt models set a class up on its first use without a lock; threads meeting a cold
+    class at the same moment can see it half set up (a NIC's IP configuration read as a plain dict). A
+    process builds them here once, at start, so requests never race that set-up.
+    """
+    with _warmed:
+        if _warm_done:
+            return
+        from azure.mgmt.compute.models import VirtualMachine
+        from azure.mgmt.network.models import NetworkInterface, PublicIPAddress, Subnet
+
+        nsg = {"id": f"{_WARM_ID}/Microsoft.Network/networkSecurityGroups/n"}
+        vm = VirtualMachine(
+            {
+                "location": "westeurope",
+                "tags": {},
+                "properties": {
+                    "storageProfile": {"osDisk": {"osType": "Linux", "createOption": "FromImage"}},
+                    "osProfile": {"adminUsername": "u", "computerName": "c"},
+                    "networkProfile": {"networkInterfaces": [{"id": f"{_WARM_ID}/nic"}]},
+                    "instanceView": {"statuses": [{"code": "PowerState/running"}]},
+                },
+            }
+        )
+        _ = (
+            vm.storage_profile.os_disk.os_type,
+            vm.os_profile.admin_username,
+            [r.id for r in vm.network_profile.network_interfaces or []],
+            [s.code for s in vm.instance_view.statuses or []],
+        )
+        nic = NetworkInterface(
+            {
+                "properties": {
+                    "ipConfigurations": [
+                        {
+                            "properties": {
+                                "privateIPAddress": "192.0.2.1",
+                                "privateIPAddressVersion": "IPv4",
+                                "subnet": {"id": f"{_WARM_ID}/subnet"},
+                                "publicIPAddress": {"id": f"{_WARM_ID}/pip"},
+                            }
+                        }
+                    ],
+                    "networkSecurityGroup": nsg,
+                }
+            }
+        )
+        _ = (
+            [
+                (c.private_ip_address, c.private_ip_address_version, c.subnet.id, c.public_ip_address.id)
+                for c in nic.ip_configurations or []
+            ],
+            nic.network_security_group.id,
+        )
+        pip = PublicIPAddress({"properties": {"ipAddress": "198.51.100.1", "dnsSettings": {"fqdn": "f"}}})
+        _ = (pip.ip_address, pip.dns_settings.fqdn)
+        _ = Subnet({"properties": {"networkSecurityGroup": nsg}}).network_security_group.id
+        _warm_done.append(True)

@@ -43,14 +43,6 @@ STOPPED_VM = scenarios.vm_name(RUNNING_VMS)  # the deallocated one
 REQUEST_TIMEOUT_S = 120.0
 ANSWER_BOUND_S = 25.0  # the longest any HTTP answer may take (the broker's answer budget is 20 s)
 CLOSE_PENDING = "could not be updated"  # the revoke answer's warning when its NSG pass did not finish
-# A known bug (tests/reliability/test_cold_start.py): a fresh broker meeting a burst now and then fails a
-# request with 500 on the ARM SDK's unlocked model setup. Such answers are set aside (the tests that meet
-# them end xfail); any other 500 fails as it should.
-COLD_START_BUG = (
-    "BUG jitbroker/topology.py: a fresh broker meeting a burst answers 500 now and then "
-    "(the ARM SDK's model setup races; see tests/reliability/test_cold_start.py)"
-)
-COLD_START_SIGNATURE = "AttributeError: 'dict' object has no attribute"
 
 
 def wish(index: int) -> dict[str, Any]:
@@ -112,22 +104,9 @@ class LoadRun:
     def granted(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.active]
 
-    @property
-    def cold_start_500s(self) -> list[Outcome]:
-        """The answers that are the known cold-start bug: 500, with its signature in a broker's log."""
-        if COLD_START_SIGNATURE not in self.broker_logs:
-            return []
-        return [o for o in self.outcomes if o.status == 500 and o.body["error"]["code"] == "internal_error"]
-
     def answered(self) -> list[Outcome]:
-        """Every outcome but the known bug's (see `COLD_START_BUG`)."""
-        known = {id(o) for o in self.cold_start_500s}
-        return [o for o in self.outcomes if id(o) not in known]
-
-    def xfail_if_the_known_bug_struck(self) -> None:
-        """End the test xfail when answers were set aside for the known bug."""
-        if self.cold_start_500s:
-            pytest.xfail(f"{COLD_START_BUG}: {len(self.cold_start_500s)} answer(s) set aside")
+        """Every outcome (a fresh broker's cold start no longer races the SDK: see test_cold_start.py)."""
+        return list(self.outcomes)
 
     def timed(self, call: Callable[[], httpx.Response]) -> httpx.Response:
         """Make one HTTP call, recording how long its answer took."""
@@ -350,7 +329,6 @@ def test_every_request_ends_granted_or_cleanly_refused(load_run: LoadRun) -> Non
         assert isinstance(error["code"], str)
         assert isinstance(error["message"], str)
         assert error["message"]
-    load_run.xfail_if_the_known_bug_struck()
 
 
 def test_policy_refusals_are_the_ones_policy_demands(load_run: LoadRun) -> None:
@@ -362,7 +340,6 @@ def test_policy_refusals_are_the_ones_policy_demands(load_run: LoadRun) -> None:
         else:
             assert outcome.status in (201, 202, 502, 503), (outcome.status, outcome.body)
     assert len(load_run.granted) >= PEOPLE // 2
-    load_run.xfail_if_the_known_bug_struck()
 
 
 def test_no_http_answer_takes_longer_than_25_seconds(load_run: LoadRun) -> None:
@@ -467,4 +444,3 @@ def test_the_audit_trail_has_every_event(load_run: LoadRun, load_store) -> None:
         assert grant.status is GrantStatus.FAILED and grant.reason, grant
         events = {e.kind for e in load_store.audit_events(grant.id)}
         assert {"requested", "failed"} <= events, events
-    load_run.xfail_if_the_known_bug_struck()

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 import httpx
-import pytest
 
 from jitbroker.errors import UpstreamError
 from jitbroker.model import GrantStatus
@@ -39,16 +38,6 @@ from tests.reliability.brokers import (
 from tests.reliability.conftest import LabFactory
 from tests.reliability.table_proxy import StoreRequest
 
-PARTIAL_ROWS_BUG = (
-    "BUG jitbroker/grants.py: a pending grant whose open rows were only partly written (its broker died "
-    "between the rows of its NSGs) never becomes active: asking again and GET settle it against the NSG "
-    "where it has no row, find no rule for it there, and answer pending until the sweeper fails it"
-)
-SLOW_CLOSE_BUG = (
-    "BUG jitbroker/closing.py: Closer.close answers a revoke whose NSG pass outlasts the answer budget "
-    "(StillWorking) with the grant revoked and no warning, while its NSG write is still under way (it may "
-    "yet fail and roll back); its docstring promises that a write that runs long is named in the warnings"
-)
 IN_FLIGHT_LRO_MS = 1500  # the other writer's doomed operation: long enough for bob's whole pass
 SLOW_LRO_MS = 4000  # an NSG write that outlasts a one-second answer budget
 REAL_BACKOFF_S = 4.0  # this test's brokers wait out their backoff (the reconciler's own), as in Azure
@@ -70,7 +59,6 @@ def _open_row_for(lab: BrokerLab, nsg: str) -> Callable[[StoreRequest], bool]:
     return match
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_ROWS_BUG)
 def test_a_grant_left_visible_to_one_of_its_nsgs_by_a_crash_is_finished_when_its_owner_asks_again(
     new_lab: LabFactory,
 ) -> None:
@@ -141,7 +129,6 @@ def test_a_grant_is_not_answered_active_on_another_writers_operation_that_then_f
     assert bob.source in sources_for(lab.arm_admin.nsg(SUBNET_NSG), bob.private_ip, bob.port)
 
 
-@pytest.mark.xfail(strict=True, reason=SLOW_CLOSE_BUG)
 def test_a_revoke_answered_before_its_nsg_write_is_done_says_so(new_lab: LabFactory) -> None:
     lab: BrokerLab = new_lab("reject", SLOW_LRO_MS, answer_budget="1")
     alice = lab.alice
