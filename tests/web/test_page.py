@@ -102,6 +102,12 @@ def test_a_refused_request_shows_the_apis_own_message(web: Browser, as_user, sho
     card.scroll_into_view_if_needed()
     shots(alice.page, "refused")
 
+    tokens = "Object.keys(sessionStorage).filter(k => /token/i.test(k))"
+    assert alice.page.evaluate(tokens), "MSAL keeps this tab's tokens in session storage"
+    alice.page.get_by_role("button", name="Sign out").click()
+    expect(alice.page.get_by_role("button", name="Sign in with Microsoft Entra ID")).to_be_visible()
+    assert alice.page.evaluate(tokens) == [], "signing out forgets this tab's tokens"
+
 
 def test_bob_cannot_see_alices_door(web: Browser, as_user) -> None:
     alice = web.sign_in("alice")
