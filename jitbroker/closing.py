@@ -48,8 +48,9 @@ class StorePort(Protocol):
     """What closing needs from the store (implemented by `jitbroker.store.GrantStore`)."""
 
     def get(self, grant_id: str) -> Grant: ...
-    def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant: ...
+    def replace(self, grant: Grant, *, before: Grant | None = None, drop_rows: bool = True) -> Grant: ...
     def drop_open_rows(self, grant: Grant) -> None: ...
+    def drop_open_rows_many(self, grants: Iterable[Grant]) -> None: ...
     def record(self, event: AuditEvent) -> None: ...
     def openings(self, nsg_id: str) -> list[Opening]: ...
 
@@ -129,17 +130,29 @@ class Closer:
         return replace(closed, warnings=(*closed.warnings, *live)) if live else closed
 
     def record_closed(
-        self, grant: Grant, status: GrantStatus, *, by: Principal | None = None, reason: str | None = None
+        self,
+        grant: Grant,
+        status: GrantStatus,
+        *,
+        by: Principal | None = None,
+        reason: str | None = None,
+        rows_dropped: bool = False,
     ) -> Grant:
         """Record the close (event, rows, record, rows) without touching NSGs; a grant someone else closed
-        first is returned as they left it."""
+        first is returned as they left it. `rows_dropped`: the caller already dropped its open rows (a sweep's
+        batch); the rows are then dropped again after the record only for a grant still pending, the one
+        kind a stalled request may still be indexing."""
         self.audit(_EVENT.get(status, "failed"), grant, by, reason=reason)  # the event ahead of the change
-        self._store.drop_open_rows(grant)
+        if not rows_dropped:
+            self._store.drop_open_rows(grant)
+        again = not rows_dropped or grant.status is GrantStatus.PENDING
         current = grant
         for _ in range(3):
             try:
                 closed = self._store.replace(
-                    replace(current, status=status, reason=reason, updated_at=self._clock()), before=current
+                    replace(current, status=status, reason=reason, updated_at=self._clock()),
+                    before=current,
+                    drop_rows=again,
                 )
                 break
             except Conflict:
@@ -158,8 +171,17 @@ class Closer:
         """Close many grants (the sweeper): record each, then one pass per NSG they touched, in parallel."""
         report = CloseReport()
         todo = [g for g in grants if g.status.is_live]
+        batched = False
+        try:
+            self._store.drop_open_rows_many(todo)  # a few transactions instead of a delete per row
+            batched = True
+        except Exception:
+            log.warning(
+                "could not drop a sweep's open rows in batches; dropping them one by one", exc_info=True
+            )
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="close") as pool:
-            outcomes = pool.map(telemetry.carry(partial(self._try_close, status=status, reason=reason)), todo)
+            close = partial(self._try_close, status=status, reason=reason, rows_dropped=batched)
+            outcomes = pool.map(telemetry.carry(close), todo)
             for grant, outcome in zip(todo, outcomes, strict=True):
                 if isinstance(outcome, Grant):
                     if outcome.status is status:
@@ -209,9 +231,11 @@ class Closer:
         except Exception:
             log.exception("could not record audit event %s for grant %s", kind, event.grant_id)
 
-    def _try_close(self, grant: Grant, status: GrantStatus, reason: str | None) -> Grant | Exception:
+    def _try_close(
+        self, grant: Grant, status: GrantStatus, reason: str | None, rows_dropped: bool = False
+    ) -> Grant | Exception:
         try:
-            return self.record_closed(grant, status, reason=reason)
+            return self.record_closed(grant, status, reason=reason, rows_dropped=rows_dropped)
         except Exception as err:  # reported per grant by close_many
             return err
 

@@ -137,7 +137,7 @@ class GrantStore:
             raise NotFound(f"no grant {grant_id}") from err
         return _grant_from(entity)
 
-    def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant:
+    def replace(self, grant: Grant, *, before: Grant | None = None, drop_rows: bool = True) -> Grant:
         """Store a new state of a grant read earlier; `Conflict` if it changed since (its etag is stale).
 
         An open grant's expiry row is written first; a closed grant leaves every index after the record.
@@ -168,7 +168,7 @@ class GrantStore:
         except ResourceNotFoundError as err:
             raise NotFound(f"no grant {grant.id}") from err
         was = before.status if before is not None else None
-        if not grant.status.is_open and (was is None or was.is_open):
+        if drop_rows and not grant.status.is_open and (was is None or was.is_open):
             self.drop_open_rows(grant)
         if not grant.status.is_live:
             row = _expiry_row(grant)
@@ -207,6 +207,25 @@ class GrantStore:
                     self._t("open").update_entity(row, mode=UpdateMode.MERGE)  # If-Match: * (must exist)
             except ResourceNotFoundError:
                 continue
+
+    def drop_open_rows_many(self, grants: Iterable[Grant]) -> None:
+        """`drop_open_rows` for many grants (a sweep's): one transaction per partition and hundred rows, each
+        falling back to single deletes when a row of it is already gone (a transaction is all or nothing)."""
+        by_partition: dict[str, list[str]] = {}
+        for grant in grants:
+            for nsg_id in (*grant.nsg_ids, None):
+                by_partition.setdefault(_open_pk(nsg_id), []).append(escape_key(grant.id))
+        for pk, keys in by_partition.items():
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), 100):
+                chunk = unique[start : start + 100]
+                try:
+                    self._t("open").submit_transaction(
+                        [("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in chunk]
+                    )
+                except AzureError:
+                    for rk in chunk:
+                        self._delete_row("open", pk, rk)
 
     def drop_open_rows(self, grant: Grant) -> None:
         """Take the grant out of its NSGs' desired state (a close does this before and after its record)."""
