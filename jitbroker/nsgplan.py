@@ -121,8 +121,11 @@ def desired_state(openings: Iterable[Opening], now: datetime) -> Desired:
         try:
             address = str(ipaddress.ip_address(opening.private_ip))
             normalise_sources([opening.source], address)
-        except (ValueError, JitError) as err:  # a record that cannot become a rule
-            refused[opening.grant_id] = InvalidRequest(f"the grant cannot become a rule: {err}")
+        except (ValueError, JitError):  # a record that cannot become a rule (a damaged row)
+            refused[opening.grant_id] = InvalidRequest(
+                f"the grant's source {opening.source!r} or VM address {opening.private_ip!r} cannot make an "
+                "NSG rule; ask again"
+            )
             continue
         first = owner.setdefault(address, opening)
         if first.vm_id.lower() != opening.vm_id.lower():
