@@ -123,15 +123,18 @@ def _await_new_grant(ctx: Context, grant: Grant, answer: Answer) -> tuple[Grant,
     if grant.status == AWAITING_APPROVAL:
         ctx.out.progress(approval_notice(grant, answer))
     latest = Latest(grant)
+    from jitcli.signals import interruptible
+
     try:
-        return wait_active(
-            ctx.client,
-            grant,
-            answer,
-            timeout=_seconds_setting(ctx, "grant_wait"),
-            label=f"waiting for the broker to open port {grant.port} on {grant.vm} (grant {grant.id})",
-            seen=latest,
-        )
+        with interruptible():
+            return wait_active(
+                ctx.client,
+                grant,
+                answer,
+                timeout=_seconds_setting(ctx, "grant_wait"),
+                label=f"waiting for the broker to open port {grant.port} on {grant.vm} (grant {grant.id})",
+                seen=latest,
+            )
     except KeyboardInterrupt:
         # Nobody has been told about this grant yet: close it rather than leave a door open until its expiry,
         # or a request an approver might still say yes to.
@@ -223,16 +226,18 @@ def cmd_extend(ctx: Context) -> int:
     grant, answer = ctx.client.extend(ctx.args.id, ctx.settings.get("duration") or DEFAULT_EXTEND)
     if grant.status == "pending":
         from jitcli.pending import wait_active
+        from jitcli.signals import interruptible
 
         try:
-            grant, answer = wait_active(
-                ctx.client,
-                grant,
-                answer,
-                timeout=_seconds_setting(ctx, "grant_wait"),
-                label=f"waiting for the broker to extend grant {grant.id}",
-                pending_hint="check it later with `jit ls`",
-            )
+            with interruptible():
+                grant, answer = wait_active(
+                    ctx.client,
+                    grant,
+                    answer,
+                    timeout=_seconds_setting(ctx, "grant_wait"),
+                    label=f"waiting for the broker to extend grant {grant.id}",
+                    pending_hint="check it later with `jit ls`",
+                )
         except KeyboardInterrupt:
             ctx.out.progress(f"stopped waiting; the broker may still extend grant {grant.id} (`jit ls`)")
             raise

@@ -107,3 +107,17 @@ class SignalGuard:
     def exit_code(self) -> int:
         """128 + the signal that interrupted us, for when no client ran."""
         return 128 + (self.received or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C raises `KeyboardInterrupt` inside the block even when `jit` started with SIGINT ignored (a
+    background job of a shell without job control): a wait Ctrl-C ends must clean up, as a session does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
