@@ -22,7 +22,7 @@ from jitbroker import telemetry
 from jitbroker.errors import Conflict, NotFound
 from jitbroker.events import Actor, Event, NoPublisher, Publisher
 from jitbroker.identity.principal import Principal
-from jitbroker.model import AuditEvent, Grant, GrantStatus, Opening
+from jitbroker.model import AuditEvent, Grant, GrantStatus
 from jitbroker.reconciler import PassResult, StillWorking
 from jitbroker.rules import live_session_warning
 
@@ -52,7 +52,6 @@ class StorePort(Protocol):
     def drop_open_rows(self, grant: Grant) -> None: ...
     def drop_open_rows_many(self, grants: Iterable[Grant]) -> None: ...
     def record(self, event: AuditEvent) -> None: ...
-    def openings(self, nsg_id: str) -> list[Opening]: ...
 
 
 class ReconcilerPort(Protocol):

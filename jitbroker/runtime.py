@@ -93,7 +93,6 @@ def build_backend(
         priority_band=(settings.priority_min, settings.priority_max),
         lro_timeout=settings.arm_timeout_seconds,
         poll_interval=settings.arm_poll_seconds,
-        on_nsg_read=reader.remember_raw_nsg if reader is not None else None,
     )
     closer = Closer(
         store=store, reconciler=reconciler, clock=clock, answer_budget=answer_budget, publisher=publisher

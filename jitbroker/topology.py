@@ -119,10 +119,6 @@ class TopologyReader:
         """Cache an NSG view read elsewhere (the writer reads fresh before every write)."""
         self._nsgs.put(nsg_id.lower(), view)
 
-    def remember_raw_nsg(self, nsg_id: str, raw: Any) -> None:
-        """Cache an NSG the reconciler just read as ARM JSON (warnings then need no read of their own)."""
-        self.remember_nsg(nsg_id, nsg_view(raw))
-
     def invalidate(self, vm_id: str | None = None) -> None:
         """Forget one VM (or everything), e.g. after ARM said a cached NIC or NSG no longer exists."""
         if vm_id is None:

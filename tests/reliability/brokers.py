@@ -297,7 +297,6 @@ class BrokerLab:
             lro_timeout=settings.arm_timeout_seconds,
             poll_interval=settings.arm_poll_seconds,
             sleep=self.nap,
-            on_nsg_read=topology.remember_raw_nsg,
             before_write=self._before_write,
         )
         budget = settings.answer_budget_seconds
