@@ -13,7 +13,8 @@ any change on it is in flight. So however operations interleave, no rule is left
 that has ended.
 
 Approximations, each on a path only overlapping writes reach: a reverted whole-NSG PUT puts back a rule it had
-left out only if no later write recreated it, and not at all if that rule was being deleted (it was leaving);
+left out only if no later write recreated it or gave its priority and direction to another rule, and not at
+all if that rule was being deleted (it was leaving); a rule's older record comes back only into a free slot;
 a failed write that created the NSG removes the NSG, with whatever later writes put in it.
 """
 
@@ -84,13 +85,14 @@ class Change:
         for key, record in self.installed.items():
             if rules.get(key) is record:
                 previous = self.replaced.get(key)
-                if previous is None:
+                if previous is None or _slot_taken(rules, key, previous):
                     del rules[key]
                 else:
                     rules[key] = previous
         for key, record in self.dropped.items():
-            if key not in rules and not self._was_being_deleted(record):
-                rules[key] = record
+            if key in rules or self._was_being_deleted(record) or _slot_taken(rules, key, record):
+                continue
+            rules[key] = record
         if self.settings is not None:
             (flush, tags), after = self.settings
             if (self.nsg.flush_connection, self.nsg.tags) == after:
@@ -106,6 +108,16 @@ class Change:
         yield self
         for change in self.carried:
             yield from change.walk()
+
+
+def _slot_taken(rules: dict[str, RuleRecord], key: str, record: RuleRecord) -> bool:
+    """Whether another rule now holds `record`'s priority and direction: a later write took the slot, and
+    NRP never holds two rules in one slot (`SecurityRuleConflict`), so the older record stays out."""
+    slot = (record.properties.get("direction"), record.properties.get("priority"))
+    return any(
+        other_key != key and (other.properties.get("direction"), other.properties.get("priority")) == slot
+        for other_key, other in rules.items()
+    )
 
 
 def refresh_states(nsg: NsgRecord, in_flight: Iterable[Change]) -> None:

@@ -156,6 +156,39 @@ def test_lro_failed_delete_keeps_the_rule(network: NetworkManagementClient, lab:
     assert states(lab)["jit-keep"] == "Succeeded"
 
 
+def test_lro_failed_rollbacks_never_leave_two_rules_in_one_priority_slot(
+    network: NetworkManagementClient, lab: ArmAdmin
+) -> None:
+    create(network, "jit-old", jit_rule(priority=120))
+    lab.set_knobs(lro_ms=BRIEF, concurrency="lro_failed")
+    first = start(network, "jit-first", priority=111)
+    # Two whole-NSG PUTs while it runs: the first moves slot 120 from jit-old to jit-b, the second is computed
+    # on that (jit-b still Updating) and adds jit-c. Both fail; the first to roll back must not put jit-old
+    # back beside the second's jit-b.
+    moving = put_whole(network, lambda rules: [r for r in rules if r.name != "jit-old"] + [_b()])
+    adding = put_whole(network, lambda rules: [*rules, jit_rule(name="jit-c", priority=121)])
+    for poller in (moving, adding):
+        with pytest.raises(HttpResponseError):
+            poller.result()
+    first.result()
+    slots = [(r["properties"]["direction"], r["properties"]["priority"]) for r in rules(lab).values()]
+    assert len(slots) == len(set(slots)), rules(lab)
+    assert states(lab)[NSG] == "Succeeded"
+
+
+def _b() -> Any:
+    return jit_rule(name="jit-b", priority=120, source_address_prefix="203.0.113.2")
+
+
+def put_whole(network: NetworkManagementClient, edit: Any) -> Any:
+    """Begin a whole-NSG PUT of the rules as read, edited by `edit`, guarded by the etag read."""
+    nsg = network.network_security_groups.get(RG, NSG)
+    nsg.security_rules = edit(list(nsg.security_rules or []))
+    return network.network_security_groups.begin_create_or_update(
+        RG, NSG, nsg, headers={"If-Match": nsg.etag}, polling_interval=0
+    )
+
+
 # ---- supersede ---------------------------------------------------------------------------------------------
 
 
