@@ -162,9 +162,8 @@ def _open_rows(grants: list[Grant]) -> Iterator[tuple[str, dict[str, Any], bool]
         )
         yield f"{PREFIX}expiry", _expiry_row(grant), True
         yield f"{PREFIX}grants", _grant_entity(grant), False
-        for nsg_id in grant.nsg_ids:  # answered active: `GrantStore.mark_active` notes it in the NSG's row
-            yield f"{PREFIX}open", {**_open_row(grant, nsg_id), "active": True}, True
-        yield f"{PREFIX}open", _open_row(grant, None), True
+        for nsg_id in (*grant.nsg_ids, None):
+            yield f"{PREFIX}open", _open_row(grant, nsg_id), True
 
 
 def _plant_orphans(backend: Any, nsg_id: str) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from jitbroker import policy, rules
@@ -41,6 +42,7 @@ from jitbroker.errors import (
 )
 from jitbroker.identity.principal import Principal
 from jitbroker.model import ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening, VmTopology
+from jitbroker.overlap import together
 from jitbroker.reconciler import PassResult, StillWorking
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,6 @@ class GrantStorePort(Protocol):
     def open_rows(self, grant: Grant) -> None: ...
     def extend_open_rows(self, grant: Grant) -> None: ...
     def drop_open_rows(self, grant: Grant) -> None: ...
-    def mark_active(self, grant: Grant) -> None: ...
     def awaiting(self) -> list[Grant]: ...
     def openings(self, nsg_id: str, *, private_ip: str | None = None) -> list[Opening]: ...
     def open_for_principal(self, oid: str) -> list[Opening]: ...
@@ -108,6 +109,8 @@ class VmSummary:
     os: str
     max_duration: timedelta
     justification_required: bool
+    approver_role: str | None = None  # the app role whose holders approve a request; None: no approval
+
 
 
 def new_grant_id() -> str:
@@ -196,6 +199,9 @@ class GrantService:
                     os=vm.os_type,
                     max_duration=policy.max_duration(vm_policy, self._settings),
                     justification_required=vm_policy.justification_required,
+                    approver_role=(
+                        policy.approver_role(vm_policy, self._settings) if vm_policy.approval_required else None
+                    ),
                 )
         return sorted(found.values(), key=lambda v: (v.name.lower(), v.vm_id.lower()))
 
@@ -239,12 +245,19 @@ class GrantService:
             if waiting is not None:
                 return waiting, False  # the same person asking again while it waits: the same request
 
-        existing = self._open_on_path(principal.oid, vm, port, str(source), private_ip=private_ip, now=now)
+        # Both reads at once: what is open at this address behind the VM's NSGs, and what the caller holds.
+        *on_path, mine = together(
+            *(partial(self._store.openings, nsg_id, private_ip=private_ip) for nsg_id in vm.nsg_ids),
+            partial(self._store.open_for_principal, principal.oid),
+        )
+        existing = self._open_on_path(
+            principal.oid, vm, port, str(source), on_path, private_ip=private_ip, now=now
+        )
         if existing is not None:
             if existing.approval_required:
                 return existing, False  # an approved door is not stretched by asking again: extend it
             return self._extend(existing, duration, now), False
-        self._require_within_limits(principal, str(source), now)
+        self._require_within_limits(mine, str(source), now)
 
         grant = Grant(
             id=self._new_id(),
@@ -306,12 +319,13 @@ class GrantService:
                 return grant
         return None
 
-    def _require_within_limits(self, principal: Principal, source: str, now: datetime) -> None:
-        """A new grant must keep the caller within the per-person limits on open grants and distinct sources
-        (a re-request that extends an open grant never gets here). Concurrent requests by one person may
-        each pass before either is recorded: the limits hold to within the requests in flight."""
+    def _require_within_limits(self, held: Iterable[Opening], source: str, now: datetime) -> None:
+        """A new grant must keep the caller (who `held` these open grants) within the per-person limits on
+        open grants and distinct sources (a re-request that extends an open grant never gets here). Concurrent
+        requests by one person may each pass before either is recorded: the limits hold to within the
+        requests in flight."""
         settings = self._settings
-        mine = [o for o in self._store.open_for_principal(principal.oid) if o.expires_at > now]
+        mine = [o for o in held if o.expires_at > now]
         if len(mine) >= settings.max_open_grants_per_principal:
             soonest = min(g.expires_at for g in mine)
             raise TooManyGrants(
@@ -334,12 +348,21 @@ class GrantService:
             )
 
     def _open_on_path(
-        self, oid: str, vm: VmTopology, port: int, source: str, *, private_ip: str, now: datetime
+        self,
+        oid: str,
+        vm: VmTopology,
+        port: int,
+        source: str,
+        on_path: Iterable[list[Opening]],
+        *,
+        private_ip: str,
+        now: datetime,
     ) -> Grant | None:
-        """The caller's open grant for this VM, port and source, if any; refuses a VM whose private address
-        another VM behind the same NSG holds a grant for (a rule could not tell them apart)."""
-        for nsg_id in vm.nsg_ids:
-            for opening in self._store.openings(nsg_id, private_ip=private_ip):
+        """The caller's open grant for this VM, port and source, if any, among `on_path` (what is open at the
+        VM's address behind each of its NSGs); refuses a VM whose private address another VM behind the same
+        NSG holds a grant for (a rule could not tell them apart)."""
+        for openings in on_path:
+            for opening in openings:
                 if opening.expires_at <= now or opening.private_ip != private_ip:
                     continue
                 if opening.vm_id.lower() != vm.vm_id.lower():
@@ -382,7 +405,6 @@ class GrantService:
                 warnings=tuple(dict.fromkeys(warnings)),
             )
             if active.status is GrantStatus.ACTIVE:
-                self._store.mark_active(active)  # its VM now keeps an address it may share
                 self._closer.publish("granted", active)
             return active
         except Exception as err:

@@ -162,7 +162,12 @@ class Opening:
     source: str
     expires_at: datetime
     created_at: datetime
-    active: bool = False  # the grant was answered active: its VM keeps an address it shares with another
+    opened_at: datetime | None = None  # when its door began to open: the VM opened first keeps an address
+
+    @property
+    def opened(self) -> datetime:
+        """When the grant's rows were written (its creation for rows that do not say)."""
+        return self.opened_at or self.created_at
 
 
 @dataclass(frozen=True)

@@ -109,11 +109,9 @@ class NsgPlan:
 
 def desired_state(openings: Iterable[Opening], now: datetime) -> Desired:
     """Group an NSG's open grants into one desired rule per (VM private IP, port); refuse what cannot be."""
-    # An address shared by two VMs behind this NSG belongs to the VM already served (an active grant),
-    # else to the VM whose grant came first: a later request never takes a door someone already has.
-    live = sorted(
-        (o for o in openings if o.expires_at > now), key=lambda o: (not o.active, o.created_at, o.grant_id)
-    )
+    # An address shared by two VMs behind this NSG belongs to the VM whose grant began to open first: a grant
+    # already served opened before any that comes later, so a later request never takes a door someone has.
+    live = sorted((o for o in openings if o.expires_at > now), key=lambda o: (o.opened, o.grant_id))
     refused: dict[str, JitError] = {}
     owner: dict[str, Opening] = {}  # private IP -> the first grant's opening: its VM owns the address here
     grouped: dict[RuleKey, list[Opening]] = {}

@@ -8,8 +8,7 @@ Tables (all named `{prefix}...`):
     open        PK = NSG id, RK = id                open grants behind one NSG, with what its rule needs
                 PK = "~all", RK = id                every open grant (admins' listing)
     pending     PK = "pending", RK = id             grants not yet active (the sweeper's stale-pending pass)
-    audit       PK = grant id (or ~day), RK = time|uuid   append-only: one grant's story
-    auditlog    PK = day, RK = newest-first time|uuid     the same events by day, for time-range queries
+    audit       PK = day, RK = newest-first time|uuid  append-only, one row per event: time-range queries
     nsgs        PK = "nsg", RK = NSG id             every NSG the broker may have written to (orphan sweep)
 
 Every read is proportional to what it is about — one NSG's open grants, what is due, what is pending —
@@ -32,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from azure.core import MatchConditions
@@ -45,6 +45,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from jitbroker.errors import Conflict, InvalidRequest, JitError, NotFound, UpstreamError
 from jitbroker.model import AuditEvent, AuditQuery, ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening
+from jitbroker.overlap import together
 
 Clock = Callable[[], datetime]
 
@@ -99,7 +100,7 @@ class GrantStore:
         self._clock = clock
         self._names = {
             kind: f"{prefix}{kind}"
-            for kind in ("grants", "expiry", "principals", "open", "pending", "audit", "auditlog", "nsgs")
+            for kind in ("grants", "expiry", "principals", "open", "pending", "audit", "nsgs")
         }
         self._tables = {kind: table_service.get_table_client(name) for kind, name in self._names.items()}
         self._known_nsgs: set[str] = set()
@@ -146,15 +147,16 @@ class GrantStore:
             raise ValueError("replace needs the etag of the grant it was read as")
         expiry_moved = before is None or before.expires_at != grant.expires_at or not before.status.is_live
         if grant.status.is_live:
+            ahead: list[Callable[[], Any]] = []
+            if expiry_moved:
+                ahead.append(partial(self._t("expiry").upsert_entity, _expiry_row(grant)))
+            if grant.status is GrantStatus.PENDING and grant.decided_at is not None:
+                # an approved grant: the sweeper's pending clock starts at the approval
+                row = {"PartitionKey": _PENDING_PK, "RowKey": escape_key(grant.id), "grant_id": grant.id}
+                row = {**row, **_times(grant), "created_at": _iso(grant.decided_at)}
+                ahead.append(partial(self._t("pending").upsert_entity, row))
             with _upstream("indexing the grant"):
-                if expiry_moved:
-                    self._t("expiry").upsert_entity(_expiry_row(grant))
-                if grant.status is GrantStatus.PENDING and grant.decided_at is not None:
-                    # an approved grant: the sweeper's pending clock starts at the approval
-                    row = {"PartitionKey": _PENDING_PK, "RowKey": escape_key(grant.id), "grant_id": grant.id}
-                    self._t("pending").upsert_entity(
-                        {**row, **_times(grant), "created_at": _iso(grant.decided_at)}
-                    )
+                together(*ahead)
         try:
             with _upstream("updating the grant"):
                 meta = self._t("grants").update_entity(
@@ -168,45 +170,36 @@ class GrantStore:
         except ResourceNotFoundError as err:
             raise NotFound(f"no grant {grant.id}") from err
         was = before.status if before is not None else None
+        after: list[Callable[[], Any]] = []
         if drop_rows and not grant.status.is_open and (was is None or was.is_open):
-            self.drop_open_rows(grant)
+            after.append(partial(self.drop_open_rows, grant))
         if not grant.status.is_live:
             row = _expiry_row(grant)
-            self._delete_row("expiry", row["PartitionKey"], row["RowKey"])
+            after.append(partial(self._delete_row, "expiry", row["PartitionKey"], row["RowKey"]))
         if grant.status is not GrantStatus.PENDING and was in (None, GrantStatus.PENDING):
-            self._delete_row("pending", _PENDING_PK, escape_key(grant.id))
+            after.append(partial(self._delete_row, "pending", _PENDING_PK, escape_key(grant.id)))
         if grant.status is not GrantStatus.AWAITING_APPROVAL and was in (None, GrantStatus.AWAITING_APPROVAL):
-            self._delete_row("pending", _AWAITING_PK, escape_key(grant.id))
+            after.append(partial(self._delete_row, "pending", _AWAITING_PK, escape_key(grant.id)))
+        together(*after)
         return replace(grant, etag=meta.get("etag"))
 
     # ------------------------------------------------------------------ the open index
 
     def open_rows(self, grant: Grant) -> None:
-        """Make an open grant visible to the reconcilers of its NSGs (after its record exists)."""
-        rows = [_open_row(grant, nsg_id) for nsg_id in grant.nsg_ids] + [_open_row(grant, None)]
+        """Make an open grant visible to the reconcilers of its NSGs (after its record exists). The rows say
+        when: of two VMs behind one NSG sharing an address, the one whose grant opened first keeps it."""
+        opened = {"opened_at": _iso(self._clock())}
+        rows = [{**_open_row(grant, nsg_id), **opened} for nsg_id in (*grant.nsg_ids, None)]
         with _upstream("indexing the grant"):
-            for row in rows:
-                self._t("open").upsert_entity(row)
+            together(*(partial(self._t("open").upsert_entity, row) for row in rows))
 
     def extend_open_rows(self, grant: Grant) -> None:
         """Carry a new expiry into the grant's existing `open` rows; rows a close removed stay removed."""
-        for nsg_id in (*grant.nsg_ids, None):
-            row = {"PartitionKey": _open_pk(nsg_id), "RowKey": escape_key(grant.id), **_times(grant)}
-            try:
-                with _upstream("indexing the grant"):
-                    self._t("open").update_entity(row, mode=UpdateMode.MERGE)  # If-Match: * (must exist)
-            except ResourceNotFoundError:
-                continue
-
-    def mark_active(self, grant: Grant) -> None:
-        """Note in the grant's `open` rows that it was answered active (its VM keeps a shared address)."""
-        for nsg_id in grant.nsg_ids:
-            row = {"PartitionKey": _open_pk(nsg_id), "RowKey": escape_key(grant.id), "active": True}
-            try:
-                with _upstream("indexing the grant"):
-                    self._t("open").update_entity(row, mode=UpdateMode.MERGE)  # If-Match: * (must exist)
-            except ResourceNotFoundError:
-                continue
+        rows = [
+            {"PartitionKey": _open_pk(nsg_id), "RowKey": escape_key(grant.id), **_times(grant)}
+            for nsg_id in (*grant.nsg_ids, None)
+        ]
+        together(*(partial(self._merge_open_row, row) for row in rows))
 
     def drop_open_rows_many(self, grants: Iterable[Grant]) -> None:
         """`drop_open_rows` for many grants (a sweep's): one transaction per partition and hundred rows, each
@@ -229,8 +222,12 @@ class GrantStore:
 
     def drop_open_rows(self, grant: Grant) -> None:
         """Take the grant out of its NSGs' desired state (a close does this before and after its record)."""
-        for nsg_id in (*grant.nsg_ids, None):
-            self._delete_row("open", _open_pk(nsg_id), escape_key(grant.id))
+        together(
+            *(
+                partial(self._delete_row, "open", _open_pk(nsg_id), escape_key(grant.id))
+                for nsg_id in (*grant.nsg_ids, None)
+            )
+        )
 
     def openings(self, nsg_id: str, *, private_ip: str | None = None) -> list[Opening]:
         """The open grants behind one NSG, as its reconciler needs them (one paged partition read), or only
@@ -329,24 +326,18 @@ class GrantStore:
     # ------------------------------------------------------------------ audit
 
     def record(self, event: AuditEvent) -> None:
-        """Append one event to the audit trail (never updated, never deleted)."""
-        pk = escape_key(event.grant_id) if event.grant_id else f"~{event.at.astimezone(UTC):%Y%m%d}"
+        """Append one event to the audit trail (never updated, never deleted): one row in its day's partition,
+        with lower-cased copies of the fields the audit API filters on."""
         entity: dict[str, Any] = {
-            "PartitionKey": pk,
-            "RowKey": f"{_iso(event.at)}|{uuid.uuid4().hex}",
-            **{k: v for k, v in asdict(event).items() if v is not None and k != "at"},
-            "at": _iso(event.at),
-        }
-        by_day = {
-            **entity,
             "PartitionKey": f"{event.at.astimezone(UTC):%Y%m%d}",
             "RowKey": _newest_first_key(event.at),
+            **{k: v for k, v in asdict(event).items() if v is not None and k != "at"},
+            "at": _iso(event.at),
             "principal_key": (event.principal or "").lower(),
             "vm_key": (event.vm_id or "").lower(),
             "vm_name_key": (event.vm_id or "").rstrip("/").rsplit("/", 1)[-1].lower(),
         }
         with _upstream("writing the audit trail"):
-            self._t("auditlog").create_entity(by_day)  # the day's log first: a time-range query never misses
             self._t("audit").create_entity(entity)
 
     def audit_page(
@@ -376,7 +367,7 @@ class GrantStore:
                     clauses.append(f"{name} eq @{name}")
                     params[name] = value
             with _upstream("reading the audit trail"):
-                pages = self._t("auditlog").query_entities(
+                pages = self._t("audit").query_entities(
                     " and ".join(clauses), parameters=params, results_per_page=query.limit - len(events)
                 )
                 for row in pages:
@@ -387,9 +378,10 @@ class GrantStore:
         return events, None
 
     def audit_events(self, grant_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
-        """Audit events in time order: one grant's (an index read), or the latest `limit` of all."""
+        """Audit events in time order: one grant's, or the latest `limit` of all. A scan of the whole trail,
+        for checks and an operator's ad-hoc reads; the API reads time ranges (`audit_page`)."""
         if grant_id is not None:
-            rows = self._query("audit", "PartitionKey eq @pk", {"pk": escape_key(grant_id)})
+            rows = self._query("audit", "grant_id eq @grant", {"grant": grant_id})
         else:
             rows = self._list("audit")
         events = sorted((_event_from(row) for row in rows), key=lambda e: e.at)
@@ -433,20 +425,28 @@ class GrantStore:
 
     def _index(self, grant: Grant) -> None:
         gid = escape_key(grant.id)
-        with _upstream("indexing the grant"):
-            if grant.status is GrantStatus.PENDING:
-                self._t("pending").upsert_entity(
-                    {"PartitionKey": _PENDING_PK, "RowKey": gid, "grant_id": grant.id, **_times(grant)}
-                )
-            if grant.status is GrantStatus.AWAITING_APPROVAL:
-                self._t("pending").upsert_entity(
-                    {"PartitionKey": _AWAITING_PK, "RowKey": gid, "grant_id": grant.id, **_times(grant)}
-                )
-            self._t("principals").upsert_entity(
-                {"PartitionKey": escape_key(grant.principal), "RowKey": gid, "grant_id": grant.id}
+        rows: list[tuple[str, dict[str, Any]]] = []
+        waiting_pk = {GrantStatus.PENDING: _PENDING_PK, GrantStatus.AWAITING_APPROVAL: _AWAITING_PK}
+        if grant.status in waiting_pk:
+            pk = waiting_pk[grant.status]
+            rows.append(
+                ("pending", {"PartitionKey": pk, "RowKey": gid, "grant_id": grant.id, **_times(grant)})
             )
-            if grant.status.is_live:
-                self._t("expiry").upsert_entity(_expiry_row(grant))
+        rows.append(
+            ("principals", {"PartitionKey": escape_key(grant.principal), "RowKey": gid, "grant_id": grant.id})
+        )
+        if grant.status.is_live:
+            rows.append(("expiry", _expiry_row(grant)))
+        with _upstream("indexing the grant"):
+            together(*(partial(self._t(kind).upsert_entity, row) for kind, row in rows))
+
+    def _merge_open_row(self, row: dict[str, Any]) -> None:
+        """Merge into an existing `open` row (If-Match: *); a row a close removed stays removed."""
+        try:
+            with _upstream("indexing the grant"):
+                self._t("open").update_entity(row, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError:
+            pass
 
     def _delete_row(self, kind: str, pk: str, rk: str) -> None:
         with _upstream("cleaning an index"):
@@ -582,7 +582,7 @@ def _opening_from(row: Any) -> Opening:
         source=str(row["source"]),
         expires_at=_parse(str(row["expires_at"])),
         created_at=_parse(str(row["created_at"])),
-        active=bool(row.get("active", False)),
+        opened_at=_parse(str(row["opened_at"])) if row.get("opened_at") else None,
     )
 
 
