@@ -217,6 +217,8 @@ class VmOut(BaseModel):
     os: str
     max_duration: str
     justification_required: bool
+    approval_required: bool
+    approver_role: str | None = None
 
     @classmethod
     def of(cls, vm: VmSummary) -> VmOut:
@@ -231,6 +233,8 @@ class VmOut(BaseModel):
             os=vm.os,
             max_duration=format_duration(vm.max_duration),
             justification_required=vm.justification_required,
+            approval_required=vm.approver_role is not None,
+            approver_role=vm.approver_role,
         )
 
 

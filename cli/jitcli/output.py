@@ -188,9 +188,18 @@ def vms_table(vms: Sequence[dict[str, Any]]) -> str:
                 ",".join(str(p) for p in ports) if isinstance(ports, list) else str(ports),
                 str(vm.get("os") or vm.get("os_type") or ""),
                 str(vm.get("power_state") or vm.get("state") or ""),
+                _approval_of(vm),
             ]
         )
-    return table(rows, ["name", "resource group", "ports", "os", "state"])
+    return table(rows, ["name", "resource group", "ports", "os", "state", "approval"])
+
+
+def _approval_of(vm: dict[str, Any]) -> str:
+    """Who must say yes before the VM opens ("by JIT.Approver"), or "-" when nobody needs to."""
+    if not vm.get("approval_required"):
+        return "-"
+    role = vm.get("approver_role")
+    return f"by {role}" if role else "required"
 
 
 def audit_table(events: Sequence[dict[str, Any]]) -> str:

@@ -247,6 +247,13 @@ def test_vms_lists_what_the_caller_may_request(as_user) -> None:
     assert "locked-01" in {vm["name"] for vm in as_user("carol").get("/api/v1/vms").json()["vms"]}
 
 
+def test_vms_say_which_vm_needs_an_approval_and_whose(as_user) -> None:
+    names = {vm["name"]: vm for vm in as_user("bob").get("/api/v1/vms").json()["vms"]}
+    prod, web = names["prod-01"], names["web-01"]
+    assert (prod["approval_required"], prod["approver_role"]) == (True, "JIT.Approver")
+    assert (web["approval_required"], web["approver_role"]) == (False, None)
+
+
 def test_whoami_shows_the_principal_roles_and_address(as_user, scenario) -> None:
     me = as_user("carol", address="198.51.100.1, 203.0.113.20:4444").get("/api/v1/whoami").json()
     assert me["principal"] == scenario.user("carol").oid

@@ -42,9 +42,13 @@ def test_vms_lists_the_opted_in_vms_with_their_ports(jit: Jit) -> None:
     vms = {vm["name"]: vm for vm in json.loads(done.stdout)["vms"]}
     assert vms["web-01"]["ports"] == [22]
     assert "legacy-01" not in vms
+    assert vms["prod-01"]["approval_required"] is True
     table = jit.run("vms").stdout
     assert table.splitlines()[0].split()[:2] == ["NAME", "RESOURCE"]
-    assert any(line.split()[0] == "db-01" and "22,5432" in line for line in table.splitlines())
+    assert table.splitlines()[0].split()[-1] == "APPROVAL"
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert "22,5432" in rows["db-01"] and rows["db-01"][-1] == "-"
+    assert rows["prod-01"][-2:] == ["by", "JIT.Approver"]
 
 
 # -- grant, ls, extend, revoke ------------------------------------------------------------------------------

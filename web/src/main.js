@@ -202,7 +202,10 @@ function vmCard(vm) {
     required: vm.justification_required,
     placeholder: vm.justification_required ? "a ticket or a reason (required)" : "optional: a ticket or a reason",
   });
-  const button = h("button", { type: "submit", class: "primary" }, "Request access");
+  const approval = vm.approval_required
+    ? `Needs approval: someone with the ${vm.approver_role || "approver"} role must say yes, and the clock starts then.`
+    : null;
+  const button = h("button", { type: "submit", class: "primary" }, vm.approval_required ? "Ask for approval" : "Request access");
   const form = h(
     "form",
     {
@@ -232,7 +235,9 @@ function vmCard(vm) {
       h("span", {}, `ports ${vm.ports.join(", ")}`),
       h("span", {}, `up to ${spoken(maxSeconds) || vm.max_duration}`),
       vm.resource_group ? h("span", { class: "dim" }, vm.resource_group) : null,
+      vm.approval_required ? h("span", { class: "badge wait" }, "needs approval") : null,
     ),
+    approval ? h("p", { class: "approval-note" }, approval) : null,
     form,
   );
 }
