@@ -212,7 +212,14 @@ def deliver_message(
     except Exception as err:
         tries = dequeue_count or 0
         if tries >= MAX_DEQUEUE_COUNT:
-            log.error("%s; try %d, the last: the message goes to %s", err, tries, settings.poison_queue)
+            # The operators' alert keys on this message's start and dimensions (docs/operations.md).
+            log.error(
+                "notification undeliverable: %s; try %d, the last: the message goes to %s",
+                err,
+                tries,
+                settings.poison_queue,
+                extra={"error": str(err), "tries": tries, "poison_queue": settings.poison_queue},
+            )
         else:
             log.warning("%s; try %d of %d, the queue tries again", err, tries, MAX_DEQUEUE_COUNT)
         raise

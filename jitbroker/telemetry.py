@@ -38,7 +38,8 @@ trace context follow into the close pool, the orphan pool and the reconciler's f
 **Log records operators query** (`customDimensions` in Application Insights): `audit <kind>` on logger
 `jitbroker.audit` (grant_id, principal_oid, vm, vm_name, port, source, status, reason, kind); `sweep done`
 (expired, undone, orphans_removed, errors, duration_ms, lag_s, out_of_time); warning `orphan rule outlived
-its grant` (rule, nsg, overdue_s); warning `arm throttled` (code, what).
+its grant` (rule, nsg, overdue_s); warning `arm throttled` (code, what); error `notification undeliverable`
+(error, tries, poison_queue).
 """
 
 from __future__ import annotations

@@ -66,6 +66,13 @@ traces
 | project timestamp, code = tostring(customDimensions.code)
 '''
 
+// (e) A notification that no try delivered: the Functions host moves its message to the poison queue.
+var notificationQuery = '''
+traces
+| where message startswith "notification undeliverable"
+| project timestamp, error = tostring(customDimensions.error), poison_queue = tostring(customDimensions.poison_queue)
+'''
+
 // --- Who is told ---
 
 var actionGroupName = 'ag-${baseName}'
@@ -254,6 +261,48 @@ resource armThrottleAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = 
       actionGroups: actionGroupIds
       customProperties: {
         runbook: 'docs/operations.md#arm-throttling'
+      }
+    }
+  }
+}
+
+resource notificationAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'alert-${baseName}-notifications'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  dependsOn: [
+    actionGroup
+  ]
+  properties: {
+    displayName: 'jit-broker: Notifications undeliverable'
+    description: 'A notification failed every try in the last 15 minutes and went to the poison queue: approvers or requesters were not told. See docs/operations.md.'
+    severity: 2
+    enabled: true
+    autoMitigate: true
+    scopes: [
+      applicationInsights.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          query: notificationQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: actionGroupIds
+      customProperties: {
+        runbook: 'docs/operations.md#notifications-undeliverable'
       }
     }
   }

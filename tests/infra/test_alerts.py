@@ -1,4 +1,4 @@
-"""The operations Bicep: four log search alerts on the right tables and log lines, an action group that
+"""The operations Bicep: five log search alerts on the right tables and log lines, an action group that
 e-mails `alertEmail` (none when it is empty), a workbook whose JSON is valid and follows grants from granted
 to closed, no identity or role anywhere, and docs/operations.md showing every query the alerts and the
 workbook run."""
@@ -82,6 +82,15 @@ ALERTS = (
         "traces",
         ('message startswith "arm throttled"', "customDimensions.code"),
         3,
+        0,
+        "PT15M",
+        "PT5M",
+    ),
+    Expected(
+        "notificationAlert",
+        "traces",
+        ('message startswith "notification undeliverable"', "customDimensions.poison_queue"),
+        2,
         0,
         "PT15M",
         "PT5M",
@@ -240,7 +249,7 @@ def test_every_alert_notifies_the_action_group_when_there_is_one_and_no_one_othe
 # ---------------------------------------------------------------- the alerts
 
 
-def test_there_are_exactly_the_four_alerts():
+def test_there_are_exactly_the_five_alerts():
     alerts = {name for name, r in _resources().items() if r["type"] == ALERT_TYPE}
     assert alerts == {expected.resource for expected in ALERTS}
 
@@ -395,7 +404,8 @@ def test_docs_show_each_workbook_query(name: str):
 
 def test_docs_state_the_telemetry_contract_the_queries_rely_on():
     docs = _docs()
-    for name in (*EVENTS, *METRICS, "sweep done", "orphan rule outlived its grant", "arm throttled"):
+    names = ("sweep done", "orphan rule outlived its grant", "arm throttled", "notification undeliverable")
+    for name in (*EVENTS, *METRICS, *names):
         assert f"`{name}`" in docs, name
     for key in ("grant_id", "principal_oid", "vm", "port", "source", "status", "reason"):
         assert f"`{key}`" in docs, key
@@ -409,6 +419,7 @@ def test_docs_state_the_telemetry_contract_the_queries_rely_on():
         "rule",
         "nsg",
         "overdue_s",
+        "poison_queue",
     ):
         assert f"`{key}`" in docs, key
 
@@ -454,6 +465,9 @@ def test_the_queries_only_read_what_the_contract_promises():
         "nsg",
         "overdue_s",
         "code",
+        "error",
+        "tries",
+        "poison_queue",
     }
     read = {key for query in queries for key in re.findall(r"customDimensions\.(\w+)", query)}
     assert read <= promised

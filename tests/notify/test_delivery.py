@@ -131,7 +131,9 @@ def test_the_functions_body_says_when_the_last_try_failed(caplog, receiver: Webh
     assert "try 1 of 5, the queue tries again" in caplog.text
     with pytest.raises(WebhookError):
         deliver_message(message_for("lab-generic"), dequeue_count=MAX_DEQUEUE_COUNT, environ=env)
-    assert "the message goes to jit-events-poison" in caplog.text
+    (last,) = [r for r in caplog.records if r.getMessage().startswith("notification undeliverable")]
+    assert "the message goes to jit-events-poison" in last.getMessage()
+    assert (last.levelname, last.poison_queue, last.tries) == ("ERROR", "jit-events-poison", MAX_DEQUEUE_COUNT)
 
 
 # ---------------------------------------------------------------- through a real queue (Azurite)
