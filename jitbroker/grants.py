@@ -112,7 +112,6 @@ class VmSummary:
     approver_role: str | None = None  # the app role whose holders approve a request; None: no approval
 
 
-
 def new_grant_id() -> str:
     """A fresh, unguessable grant id."""
     return "g-" + secrets.token_hex(10)
@@ -199,9 +198,7 @@ class GrantService:
                     os=vm.os_type,
                     max_duration=policy.max_duration(vm_policy, self._settings),
                     justification_required=vm_policy.justification_required,
-                    approver_role=(
-                        policy.approver_role(vm_policy, self._settings) if vm_policy.approval_required else None
-                    ),
+                    approver_role=_approvers(vm_policy, self._settings),
                 )
         return sorted(found.values(), key=lambda v: (v.name.lower(), v.vm_id.lower()))
 
@@ -677,6 +674,11 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 
 def _hhmmss(moment: datetime) -> str:
     return moment.strftime("%H:%M:%SZ")
+
+
+def _approvers(vm_policy: policy.VmPolicy, settings: Settings) -> str | None:
+    """The app role whose holders approve requests for the VM; None when it opens without approval."""
+    return policy.approver_role(vm_policy, settings) if vm_policy.approval_required else None
 
 
 def _connect_info(vm: VmTopology, private_ip: str) -> ConnectInfo:
