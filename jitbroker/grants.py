@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -23,8 +21,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-from jitbroker import policy, rules
-from jitbroker.arm import error_code
+from jitbroker import limits, policy, rules
 from jitbroker.closing import Closer
 from jitbroker.config import Settings
 from jitbroker.durations import format_duration
@@ -36,7 +33,6 @@ from jitbroker.errors import (
     NotAllowed,
     NotFound,
     TooManyGrants,
-    TooManySources,
     UpstreamError,
     VmNotEligible,
 )
@@ -44,6 +40,7 @@ from jitbroker.identity.principal import Principal
 from jitbroker.model import ConnectInfo, Grant, GrantStatus, NsgRuleRef, Opening, VmTopology
 from jitbroker.overlap import together
 from jitbroker.reconciler import PassResult, StillWorking
+from jitbroker.vmlookup import find_vm
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +219,13 @@ class GrantService:
     ) -> tuple[Grant, bool]:
         settings = self._settings
         policy.require_requester(principal.roles, settings)
-        vm = self._find_vm(ask)
+        vm = find_vm(
+            self._topology,
+            settings.allowed_scopes,
+            ask.vm,
+            resource_group=ask.resource_group,
+            subscription=ask.subscription,
+        )
         vm_policy = policy.eligible_policy(vm, principal.roles, settings)
         port, protocol = policy.choose_port(
             vm_policy, port=ask.port, protocol=ask.protocol, os_type=vm.os_type
@@ -254,7 +257,13 @@ class GrantService:
             if existing.approval_required:
                 return existing, False  # an approved door is not stretched by asking again: extend it
             return self._extend(existing, duration, now), False
-        self._require_within_limits(mine, str(source), now)
+        limits.require_within_limits(
+            mine,
+            str(source),
+            now,
+            max_open=settings.max_open_grants_per_principal,
+            max_sources=settings.max_sources_per_principal,
+        )
 
         grant = Grant(
             id=self._new_id(),
@@ -315,34 +324,6 @@ class GrantService:
             if same and grant.expires_at > now:
                 return grant
         return None
-
-    def _require_within_limits(self, held: Iterable[Opening], source: str, now: datetime) -> None:
-        """A new grant must keep the caller (who `held` these open grants) within the per-person limits on
-        open grants and distinct sources (a re-request that extends an open grant never gets here). Concurrent
-        requests by one person may each pass before either is recorded: the limits hold to within the
-        requests in flight."""
-        settings = self._settings
-        mine = [o for o in held if o.expires_at > now]
-        if len(mine) >= settings.max_open_grants_per_principal:
-            soonest = min(g.expires_at for g in mine)
-            raise TooManyGrants(
-                f"you already hold {len(mine)} open grants, the most one person may hold at once; revoke one "
-                f"you no longer need or ask again when the next one ends, at {_hhmmss(soonest)}",
-                retry_after=_seconds_until(soonest, now),
-            )
-        ends: dict[str, datetime] = {}  # each distinct source -> when the last open grant for it ends
-        for g in mine:
-            key = _source_key(g.source)
-            ends[key] = max(ends.get(key, g.expires_at), g.expires_at)
-        if _source_key(source) not in ends and len(ends) >= settings.max_sources_per_principal:
-            soonest = min(ends.values())
-            raise TooManySources(
-                f"your open grants already let in {len(ends)} different sources ("
-                + ", ".join(sorted(ends))
-                + "), the most one person may have at once; revoke the grants of a source you no longer use "
-                f"or ask again when one source's grants end, at {_hhmmss(soonest)}",
-                retry_after=_seconds_until(soonest, now),
-            )
 
     def _open_on_path(
         self,
@@ -426,57 +407,6 @@ class GrantService:
                 )
             )
         return found
-
-    def _find_vm(self, ask: GrantRequest) -> VmTopology:
-        """The VM named by id, by subscription + resource group + name, or by a name unique in the scopes."""
-        name = ask.vm.strip()
-        if name.lower().startswith("/subscriptions/"):
-            vm_id = name.rstrip("/")
-        elif ask.subscription and ask.resource_group:
-            vm_id = (
-                f"/subscriptions/{ask.subscription}/resourceGroups/{ask.resource_group}"
-                f"/providers/Microsoft.Compute/virtualMachines/{name}"
-            )
-        else:
-            return self._find_vm_by_name(name, ask.resource_group, ask.subscription)
-        if not _is_vm_id(vm_id):
-            raise InvalidRequest(
-                "vm is not a virtual machine: give its name or its resource id "
-                "/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Compute/virtualMachines/<name>"
-            )
-        if not policy.in_allowed_scope(vm_id, self._settings.allowed_scopes):
-            raise VmNotEligible("that VM is outside the subscriptions and resource groups this broker serves")
-        vm_name = vm_id.rsplit("/", 1)[-1]
-        if not _is_vm_name(vm_name):
-            raise InvalidRequest(_bad_vm_name(vm_name))
-        try:
-            return self._topology.resolve(vm_id)
-        except UpstreamError as err:
-            if _arm_refused_the_name(err):
-                raise InvalidRequest(_bad_vm_name(vm_name)) from err
-            raise
-
-    def _find_vm_by_name(self, name: str, resource_group: str | None, subscription: str | None) -> VmTopology:
-        matches: dict[str, VmTopology] = {}
-        for scope in self._settings.allowed_scopes:
-            for vm in self._topology.list_vms(scope):
-                if vm.name.lower() != name.lower():
-                    continue
-                if resource_group and vm.resource_group.lower() != resource_group.lower():
-                    continue
-                if subscription and vm.subscription.lower() != subscription.lower():
-                    continue
-                matches[vm.vm_id.lower()] = vm
-        if not matches:
-            raise NotFound(
-                f"no VM named {name!r} in the subscriptions and resource groups this broker serves"
-            )
-        if len(matches) > 1:
-            raise InvalidRequest(
-                f"more than one VM is named {name!r}: add resource_group (and subscription) or use its id"
-            )
-        (vm,) = matches.values()
-        return vm
 
     # -- extend ----------------------------------------------------------------------------------------------
 
@@ -609,71 +539,6 @@ class GrantService:
     def _require_owner_or_admin(self, principal: Principal, grant: Grant, verb: str) -> None:
         if grant.principal != principal.oid and not policy.is_admin(principal.roles, self._settings):
             raise NotAllowed(f"only the grant's owner or an admin may {verb} grant {grant.id}")
-
-
-def _is_vm_id(vm_id: str) -> bool:
-    """Exactly a VM's id: no `..`, empty or extra segments, no other provider or type riding in front."""
-    parts = vm_id.split("/")
-    fixed = [
-        "",
-        "subscriptions",
-        None,
-        "resourcegroups",
-        None,
-        "providers",
-        "microsoft.compute",
-        "virtualmachines",
-    ]
-    return (
-        len(parts) == len(fixed) + 1
-        and all(want is None or part.lower() == want for part, want in zip(parts, fixed, strict=False))
-        and all(part and part not in (".", "..") for part in parts[1:])
-    )
-
-
-# What ARM accepts in a VM's name, loosely (ARM has the last word): 1-64 characters, no whitespace or control
-# characters, none of ARM's forbidden punctuation, not ending in a period or hyphen.
-_VM_NAME_FORBIDDEN = re.compile(r"[\s~!@#$%^&*()=+\[\]{}\\|;:'\",<>/?`]")
-
-
-def _is_vm_name(name: str) -> bool:
-    return (
-        0 < len(name) <= 64
-        and name.isprintable()
-        and not _VM_NAME_FORBIDDEN.search(name)
-        and not name.endswith((".", "-"))
-    )
-
-
-def _bad_vm_name(name: str) -> str:
-    return (
-        f"{name!r} is not a name Azure accepts for a VM (1-64 letters, digits, '_', '.' or '-', not "
-        "ending in '.' or '-'): give the VM's name or its resource id"
-    )
-
-
-def _arm_refused_the_name(err: UpstreamError) -> bool:
-    """ARM answered 400 to reading the VM because of its name (InvalidResourceName and the like): the
-    caller's mistake, not Azure failing."""
-    cause = err.__cause__
-    if cause is None or getattr(cause, "status_code", None) != 400:
-        return False
-    return error_code(cause).startswith("InvalidResource")
-
-
-def _source_key(source: str) -> str:
-    try:
-        return str(ipaddress.ip_network(source, strict=False))
-    except ValueError:
-        return source
-
-
-def _seconds_until(moment: datetime, now: datetime) -> int:
-    return max(1, math.ceil((moment - now).total_seconds()))
-
-
-def _hhmmss(moment: datetime) -> str:
-    return moment.strftime("%H:%M:%SZ")
 
 
 def _approvers(vm_policy: policy.VmPolicy, settings: Settings) -> str | None:
