@@ -50,7 +50,7 @@ Clock = Callable[[], datetime]
 class GrantStorePort(Protocol):
     """What the lifecycle needs from the store (implemented by `jitbroker.store.GrantStore`)."""
 
-    def create(self, grant: Grant) -> Grant: ...
+    def create(self, grant: Grant, *, alongside: Callable[[], object] | None = None) -> Grant: ...
     def get(self, grant_id: str) -> Grant: ...
     def replace(self, grant: Grant, *, before: Grant | None = None) -> Grant: ...
     def open_rows(self, grant: Grant) -> None: ...
@@ -298,8 +298,8 @@ class GrantService:
             if choice.named
             else None
         )
-        self._closer.audit("requested", grant, principal, reason=named, detail=justification)
-        grant = self._store.create(grant)
+        event = partial(self._closer.audit, "requested", grant, principal, reason=named, detail=justification)
+        grant = self._store.create(grant, alongside=event)
         if grant.status is GrantStatus.AWAITING_APPROVAL:
             self._closer.publish("requested", grant, principal, reason=justification)
             return grant, True

@@ -116,11 +116,12 @@ class GrantStore:
 
     # ------------------------------------------------------------------ grants
 
-    def create(self, grant: Grant) -> Grant:
+    def create(self, grant: Grant, *, alongside: Callable[[], object] | None = None) -> Grant:
         """Insert a new grant (its pending, principal and expiry rows first); `Conflict` if the id exists.
 
-        The `open` rows that let the reconciler see it come after, with `open_rows`."""
-        self._index(grant)
+        `alongside`: another write that must land before the record too (the event that reports it), sent
+        with the index rows. The `open` rows that let the reconciler see it come after, with `open_rows`."""
+        self._index(grant, *([alongside] if alongside is not None else []))
         try:
             with _upstream("recording the grant"):
                 meta = self._t("grants").create_entity(_grant_entity(grant))
@@ -423,7 +424,7 @@ class GrantStore:
     def _t(self, kind: str) -> TableClient:
         return self._tables[kind]
 
-    def _index(self, grant: Grant) -> None:
+    def _index(self, grant: Grant, *also: Callable[[], object]) -> None:
         gid = escape_key(grant.id)
         rows: list[tuple[str, dict[str, Any]]] = []
         waiting_pk = {GrantStatus.PENDING: _PENDING_PK, GrantStatus.AWAITING_APPROVAL: _AWAITING_PK}
@@ -438,7 +439,7 @@ class GrantStore:
         if grant.status.is_live:
             rows.append(("expiry", _expiry_row(grant)))
         with _upstream("indexing the grant"):
-            together(*(partial(self._t(kind).upsert_entity, row) for kind, row in rows))
+            together(*(partial(self._t(kind).upsert_entity, row) for kind, row in rows), *also)
 
     def _merge_open_row(self, row: dict[str, Any]) -> None:
         """Merge into an existing `open` row (If-Match: *); a row a close removed stays removed."""
