@@ -103,6 +103,7 @@ def main() -> int:
         ("ARM requests per grant", grants.arm_requests_per_grant),
         ("broker overhead", lambda: [grants.broker_overhead()]),
         ("where a grant's time goes", where_time_goes),
+        ("a grant at Table Storage's latency", overhead.at_table_latency),
         ("cold import", lambda: [imports.cold_import()]),
         ("jit --help", lambda: [_cli_figure()]),
         ("time to connect (root: network lab)", lambda: [_time_to_connect_figure()]),

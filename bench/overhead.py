@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bench import crowd
+from bench.delay import delayed as delay_relay
 from bench.lab import BenchLab
 from bench.sweep import table_of
 from bench.table import Figure
@@ -109,6 +110,62 @@ def where_time_goes() -> tuple[list[Figure], list[str]]:
         f"Where a warm grant's time goes (in process, latency 0, {GRANTS} grants)", measured, "report", None
     )
     return [figure], detail
+
+
+TABLE_DELAY_S = 0.005  # a round trip to Table Storage from a Function app in the same region, roughly
+
+
+def at_table_latency(delay: float = TABLE_DELAY_S) -> list[Figure]:
+    """Warm grants in this process with `delay` added to every Table Storage round trip (`bench.delay`),
+    first with a step's independent rows sent together (`jitbroker.overlap`), then with them one at a time."""
+    from jitbroker import grants as lifecycle
+    from jitbroker import store as tables
+    from jitbroker.overlap import together
+
+    def one_at_a_time(*calls: Callable[[], Any]) -> list[Any]:
+        return [call() for call in calls]
+
+    with BenchLab(None, DEMO_ALLOWED_SCOPES) as lab:
+        endpoint = urlsplit(lab.azurite.table_endpoint)
+        with delay_relay(endpoint.hostname or "127.0.0.1", endpoint.port or 80, delay) as port:
+            near = lab.azurite.connection_string.replace(
+                f"{endpoint.hostname}:{endpoint.port}", f"127.0.0.1:{port}"
+            )
+            broker = lab.in_process(
+                PREFIX + "far", JIT_ARM_POLL_SECONDS="0.05", JIT_TABLE_CONNECTION_STRING=near
+            )
+            people = iter(crowd.crowd(3 + 2 * GRANTS))
+            with _client(broker) as client:
+
+                def grant() -> float:
+                    headers = crowd.headers(lab.issuer, next(people))
+                    started = time.perf_counter()
+                    response = client.post("/api/v1/grants", json={"vm": "web-01"}, headers=headers)
+                    if response.status_code != 201:
+                        raise RuntimeError(f"grant failed: {response.status_code} {response.text}")
+                    return (time.perf_counter() - started) * 1000
+
+                for _ in range(3):
+                    grant()
+                overlapped = [grant() for _ in range(GRANTS)]
+                users = (tables.__dict__, lifecycle.__dict__)  # the modules that call `together`
+                try:
+                    for names in users:
+                        names["together"] = one_at_a_time
+                    sequential = [grant() for _ in range(GRANTS)]
+                finally:
+                    for names in users:
+                        names["together"] = together
+    saved = statistics.median(sequential) - statistics.median(overlapped)
+    return [
+        Figure(
+            f"Warm grant with {delay * 1000:g} ms per Table Storage round trip (in process, {GRANTS} grants)",
+            f"p50 {statistics.median(overlapped):.0f} ms with independent rows sent together, "
+            f"{statistics.median(sequential):.0f} ms one at a time ({saved:.0f} ms saved)",
+            "report",
+            None,
+        )
+    ]
 
 
 def _instrument(broker: Any) -> _Steps:
