@@ -16,7 +16,9 @@ never to history, and every query follows its continuation tokens. Ordering keep
 a grant's record is written before its `open` rows (so no row exists for a grant that was never recorded),
 and a close deletes the rows before and after the record changes (so a row that raced a close is gone
 when the close returns). `pending` rows are written before the record, so a crash leaves the sweeper a
-trail. Keys are escaped; every filter is parameterized. Storage failures become `UpstreamError`.
+trail. Rows of one step that do not depend on each other (a grant's index rows, a close's deletions) go at
+once (`jitbroker.overlap`). Keys are escaped; every filter is parameterized. Storage failures become
+`UpstreamError`.
 """
 
 from __future__ import annotations
