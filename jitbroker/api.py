@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jitbroker.approvals import ApprovalService
+from jitbroker.audit import KINDS as AUDIT_KINDS
 from jitbroker.audit import AuditAsk, AuditReader
 from jitbroker.config import Settings
 from jitbroker.durations import format_duration, parse_duration
@@ -411,7 +412,9 @@ def create_app(
             source=body.source,
             justification=body.justification,
         )
-        grant, created = provide().grants.request(principal, address(request), ask)
+        services = provide()
+        caller = _requester_address(services, request, principal)
+        grant, created = services.grants.request(principal, caller, ask)
         return _grant_answer(grant, 201 if created else 200)
 
     @app.post(
@@ -538,6 +541,9 @@ def _install_operations_routes(
         return AuditList(events=[AuditEventOut.of(e) for e in events], nextLink=next_link)
 
 
+_KIND_HELP = "one of " + ", ".join(sorted(AUDIT_KINDS))
+
+
 class AuditParams:
     """`GET /api/v1/audit`'s query: a time range, filters and paging."""
 
@@ -545,7 +551,7 @@ class AuditParams:
         self,
         since: Annotated[str | None, Query(max_length=40, description="24h, PT2H or ISO 8601 time")] = None,
         until: Annotated[str | None, Query(max_length=40, description="ISO 8601 time; default now")] = None,
-        kind: Annotated[str | None, Query(max_length=40)] = None,
+        kind: Annotated[str | None, Query(max_length=40, description=_KIND_HELP)] = None,
         user: Annotated[str | None, Query(max_length=128, description="a principal's object id")] = None,
         vm: Annotated[str | None, Query(max_length=400, description="a VM's name or resource id")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -561,6 +567,17 @@ class AuditParams:
 
 
 AuditQueryParams = Annotated[AuditParams, Depends()]
+
+
+def _requester_address(services: Services, request: Request, principal: Principal) -> Any:
+    """The address a grant would let in; one the broker cannot open to is refused and audited like any
+    refusal of a request."""
+    peer = request.client.host if request.client else None
+    try:
+        return caller_address(request.headers, peer, services.settings.client_address_from)
+    except JitError as err:
+        services.grants.audit_refusal(principal, err)
+        raise
 
 
 def _approvals(services: Services) -> ApprovalService:

@@ -24,7 +24,7 @@ from typing import Protocol
 from jitbroker import policy
 from jitbroker.closing import Closer
 from jitbroker.config import Settings
-from jitbroker.errors import Conflict, InvalidRequest, NotAllowed
+from jitbroker.errors import Conflict, InvalidRequest, NotAllowed, VmNotEligible
 from jitbroker.identity.principal import Principal
 from jitbroker.model import Grant, GrantStatus, VmTopology
 
@@ -95,21 +95,25 @@ class ApprovalService:
         vm = self._fresh_vm(grant)
         now = self._clock().replace(microsecond=0)
         seconds = grant.requested_seconds or int(self._settings.default_duration.total_seconds())
-        self._closer.audit("approved", grant, principal, reason=reason)
-        approved = self._store.replace(
-            replace(
-                grant,
-                status=GrantStatus.PENDING,
-                expires_at=now + timedelta(seconds=seconds),
-                updated_at=now,
-                decided_by=principal.oid,
-                decided_by_name=principal.display_name,
-                decided_at=now,
-                decision_reason=reason,
-                nsg_ids=vm.nsg_ids,
-            ),
-            before=grant,
-        )
+        try:  # etag-guarded: of two answers at once, one wins and the other is told who answered
+            approved = self._store.replace(
+                replace(
+                    grant,
+                    status=GrantStatus.PENDING,
+                    expires_at=now + timedelta(seconds=seconds),
+                    updated_at=now,
+                    decided_by=principal.oid,
+                    decided_by_name=principal.display_name,
+                    decided_at=now,
+                    decision_reason=reason,
+                    nsg_ids=vm.nsg_ids,
+                ),
+                before=grant,
+            )
+        except Conflict:
+            raise self._answered_meanwhile(grant_id) from None
+        # The event follows the record: an approval that lost the race must not read as given.
+        self._closer.audit("approved", approved, principal, reason=reason)
         self._closer.publish("approved", approved, principal, reason=reason)
         return self._activator.activate(approved)
 
@@ -125,7 +129,7 @@ class ApprovalService:
             decided_at=self._clock().replace(microsecond=0),
             decision_reason=reason,
         )
-        return self._closer.record_closed(decided, GrantStatus.DENIED, by=principal, reason=reason)
+        return self._decide(decided, GrantStatus.DENIED, principal, reason)
 
     def withdraw(self, principal: Principal, grant_id: str) -> Grant:
         """The requester (or an admin) drops a request nobody answered yet."""
@@ -136,7 +140,21 @@ class ApprovalService:
             if not grant.status.is_live:
                 return grant  # withdrawing twice, or after it ended, changes nothing
             raise NotAwaiting(f"grant {grant.id} is already {grant.status}: revoke it instead")
-        return self._closer.record_closed(grant, GrantStatus.WITHDRAWN, by=principal, reason="withdrawn")
+        return self._decide(grant, GrantStatus.WITHDRAWN, principal, "withdrawn")
+
+    def _decide(self, grant: Grant, status: GrantStatus, principal: Principal, reason: str) -> Grant:
+        """End a waiting request, unless someone answered it first (then `NotAwaiting`, nothing recorded)."""
+        try:
+            return self._closer.record_closed(
+                grant, status, by=principal, reason=reason, decided_on=GrantStatus.AWAITING_APPROVAL
+            )
+        except Conflict:
+            raise self._answered_meanwhile(grant.id) from None
+
+    def _answered_meanwhile(self, grant_id: str) -> NotAwaiting:
+        grant = self._store.get(grant_id)
+        decided = f" by {grant.decided_by_name}" if grant.decided_by_name else ""
+        return NotAwaiting(f"grant {grant.id} was answered meanwhile: it is {grant.status}{decided}")
 
     def _waiting(self, grant_id: str, principal: Principal) -> Grant:
         grant = self._store.get(grant_id)
@@ -158,7 +176,18 @@ class ApprovalService:
         vm = self._topology.resolve(grant.vm_id)
         vm_policy = policy.vm_policy(vm.tags)
         if vm_policy is None or grant.port not in vm_policy.ports:
-            raise NotAwaiting(f"VM {vm.name} no longer opens port {grant.port} through jit-broker")
-        policy.require_running(vm)
+            # No approval can open it any more: the request ends now, saying why, rather than wait in vain.
+            refusal = VmNotEligible(f"VM {vm.name} no longer opens port {grant.port} through jit-broker")
+            try:
+                self._closer.record_closed(
+                    grant,
+                    GrantStatus.FAILED,
+                    reason=refusal.message,
+                    decided_on=GrantStatus.AWAITING_APPROVAL,
+                )
+            except Conflict:
+                raise self._answered_meanwhile(grant.id) from None
+            raise refusal
+        policy.require_running(vm)  # a stopped VM: refused, the request waits for a start and a new yes
         policy.require_nsg(vm)
         return vm

@@ -20,7 +20,18 @@ from jitbroker.model import AuditEvent, AuditQuery
 MAX_RANGE = timedelta(days=90)
 DEFAULT_SINCE = timedelta(hours=24)
 KINDS = frozenset(
-    {"requested", "granted", "denied", "failed", "revoked", "expired", "extended", "orphan_removed"}
+    {
+        "requested",
+        "approved",
+        "granted",
+        "denied",
+        "withdrawn",
+        "failed",
+        "revoked",
+        "expired",
+        "extended",
+        "orphan_removed",
+    }
 )
 
 

@@ -136,12 +136,22 @@ class Closer:
         by: Principal | None = None,
         reason: str | None = None,
         rows_dropped: bool = False,
+        decided_on: GrantStatus | None = None,
     ) -> Grant:
         """Record the close (event, rows, record, rows) without touching NSGs; a grant someone else closed
         first is returned as they left it. `rows_dropped`: the caller already dropped its open rows (a sweep's
         batch); the rows are then dropped again after the record only for a grant still pending, the one
-        kind a stalled request may still be indexing."""
-        self.audit(_EVENT.get(status, "failed"), grant, by, reason=reason)  # the event ahead of the change
+        kind a stalled request may still be indexing.
+
+        `decided_on`: an answer (deny, withdraw) to the grant as it was seen, in that status. It closes the
+        grant only from that status: if someone moved it first (an approver said yes a moment earlier),
+        `Conflict` and nothing is recorded, so a door just opened is never marked closed behind its back.
+        Its event follows the record: a decision that lost the race leaves no event saying it was made."""
+        kind = _EVENT.get(status, "failed")
+        if decided_on is None:
+            self.audit(kind, grant, by, reason=reason)  # the event ahead of the change
+        elif grant.status is not decided_on:
+            raise Conflict(f"grant {grant.id} is {grant.status}, not {decided_on}")
         if not rows_dropped:
             self._store.drop_open_rows(grant)
         again = not rows_dropped or grant.status is GrantStatus.PENDING
@@ -156,10 +166,14 @@ class Closer:
                 break
             except Conflict:
                 current = self._store.get(grant.id)
+                if decided_on is not None and current.status is not decided_on:
+                    raise Conflict(f"grant {grant.id} is {current.status} now") from None
                 if not current.status.is_live:
                     return current
         else:
             raise Conflict(f"grant {grant.id} kept changing; try again")
+        if decided_on is not None:
+            self.audit(kind, closed, by, reason=reason)
         if _EVENT.get(status) in _NOTIFIED:
             self.publish(_EVENT[status], closed, by, reason=reason)
         return closed

@@ -20,7 +20,18 @@ DESCRIPTION = """Just-in-time access to Azure VMs through jit-broker: ask, get i
   jit audit --since 2h --vm web-01   who opened what, when (admins and auditors)"""
 
 #: The audit trail's event kinds (docs/api.md, `GET /api/v1/audit`).
-AUDIT_KINDS = ("requested", "granted", "denied", "failed", "revoked", "expired", "extended", "orphan_removed")
+AUDIT_KINDS = (
+    "requested",
+    "approved",
+    "granted",
+    "denied",
+    "withdrawn",
+    "failed",
+    "revoked",
+    "expired",
+    "extended",
+    "orphan_removed",
+)
 #: The broker's longest approval or denial reason (docs/api.md).
 REASON_MAX = 500
 _OBJECT_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
