@@ -211,8 +211,12 @@ class GrantService:
             return self._request(principal, caller, ask)
         except (NotAllowed, InvalidRequest, NotFound, Conflict, TooManyGrants) as err:
             source = ask.source if ask.source is not None else (str(caller) if caller is not None else None)
-            self._closer.audit("denied", None, principal, source=source, reason=f"{err.code}: {err.message}")
+            self.audit_refusal(principal, err, source=source)
             raise
+
+    def audit_refusal(self, principal: Principal, err: JitError, *, source: str | None = None) -> None:
+        """A request refused before it named a grant (also for an address the broker cannot open to)."""
+        self._closer.audit("denied", None, principal, source=source, reason=f"{err.code}: {err.message}")
 
     def _request(
         self, principal: Principal, caller: policy.IpAddress | None, ask: GrantRequest
@@ -420,6 +424,20 @@ class GrantService:
         the door open, so admins revoke other people's grants but do not extend them. The source was checked
         when the grant was made and an extend never changes it."""
         grant = self._store.get(grant_id)
+        now = self._clock().replace(microsecond=0)
+        try:  # every refusal of a grant that exists is a `denied` event of that grant, as a request's is
+            self._require_extendable(principal, grant, duration, now)
+        except (NotAllowed, InvalidRequest, NotFound, Conflict) as err:
+            self._closer.audit(
+                "denied", grant, principal, reason=f"{err.code}: {err.message}", detail="extend"
+            )
+            raise
+        return self._extend(grant, duration, now)
+
+    def _require_extendable(
+        self, principal: Principal, grant: Grant, duration: timedelta, now: datetime
+    ) -> None:
+        """Refuse an extend the way a request would be refused, or when it cannot move the expiry at all."""
         self._require_owner_or_admin(principal, grant, "extend")
         if grant.principal != principal.oid:
             raise NotAllowed(
@@ -430,22 +448,20 @@ class GrantService:
             raise Conflict(f"grant {grant.id} still waits for an approver; its clock starts at approval")
         if not grant.status.is_open:
             raise Conflict(f"grant {grant.id} is {grant.status}; request a new one")
-        try:
-            vm_policy = self._still_eligible(principal, grant)
-        except (NotAllowed, InvalidRequest, NotFound, Conflict) as err:
-            self._closer.audit(
-                "denied", grant, principal, reason=f"{err.code}: {err.message}", detail="extend"
-            )
-            raise
+        vm_policy = self._still_eligible(principal, grant)
         limit = policy.max_duration(vm_policy, self._settings)
         if duration > limit:
             raise InvalidRequest(
                 f"duration {format_duration(duration)} is longer than the maximum {format_duration(limit)}"
             )
-        now = self._clock().replace(microsecond=0)
         if grant.expires_at <= now:
             raise Conflict(f"grant {grant.id} has expired; request a new one")
-        return self._extend(grant, duration, now, strict=True)
+        expires_at, capped = self._new_expiry(grant, duration, now)
+        if capped and expires_at <= grant.expires_at:
+            total = format_duration(self._settings.max_total_duration)
+            raise Conflict(
+                f"grant {grant.id} already runs to the maximum total of {total}; request a new one"
+            )
 
     def _still_eligible(self, principal: Principal, grant: Grant) -> policy.VmPolicy:
         """The VM's policy if the owner may still hold the grant (read fresh); else the request's refusal."""
@@ -462,19 +478,19 @@ class GrantService:
         policy.require_running(vm)
         return vm_policy
 
-    def _extend(self, grant: Grant, duration: timedelta, now: datetime, *, strict: bool = False) -> Grant:
-        expires_at, capped = policy.extended_expiry(
+    def _new_expiry(self, grant: Grant, duration: timedelta, now: datetime) -> tuple[datetime, bool]:
+        """The expiry an extend by `duration` gives, and whether the maximum total capped it."""
+        return policy.extended_expiry(
             created_at=grant.created_at,
             expires_at=grant.expires_at,
             now=now,
             duration=duration,
             settings=self._settings,
         )
+
+    def _extend(self, grant: Grant, duration: timedelta, now: datetime) -> Grant:
+        expires_at, capped = self._new_expiry(grant, duration, now)
         total = format_duration(self._settings.max_total_duration)
-        if strict and capped and expires_at <= grant.expires_at:
-            raise Conflict(
-                f"grant {grant.id} already runs to the maximum total of {total}; request a new one"
-            )
         warnings = grant.warnings
         if capped:
             note = f"expiry capped by the maximum total duration of {total}"
@@ -508,7 +524,16 @@ class GrantService:
         grant = self._store.get(grant_id)
         self._require_owner_or_admin(principal, grant, "revoke")
         if grant.status is GrantStatus.AWAITING_APPROVAL:  # nothing was opened: the request is withdrawn
-            return self._closer.record_closed(grant, GrantStatus.WITHDRAWN, by=principal, reason="withdrawn")
+            try:
+                return self._closer.record_closed(
+                    grant,
+                    GrantStatus.WITHDRAWN,
+                    by=principal,
+                    reason="withdrawn",
+                    decided_on=GrantStatus.AWAITING_APPROVAL,
+                )
+            except Conflict:
+                grant = self._store.get(grant_id)  # approved (or ended) meanwhile: revoke what it is now
         return self._closer.close(grant, GrantStatus.REVOKED, by=principal)
 
     # -- internals -------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from jitbroker.errors import InvalidRequest
+from jitbroker.errors import InvalidRequest, SourceNotRoutable
 
 PEER = "peer"
 X_FORWARDED_FOR = "x-forwarded-for"
@@ -75,7 +75,8 @@ def parse_address(text: str, *, origin: str = "the address") -> IPv4Address | IP
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if address.is_unspecified or address.is_multicast:
-        raise InvalidRequest(f"{origin} is not an address a port can be opened to")
+        what = "the unspecified address" if address.is_unspecified else "a multicast address"
+        raise SourceNotRoutable(f"{origin}, {address}, is {what}: no port can be opened to it")
     return address
 
 

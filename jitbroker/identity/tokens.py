@@ -192,12 +192,8 @@ class TokenVerifier:
             token_versions=settings.token_versions,
             v1_issuer=settings.v1_issuer,
             api_scope=settings.api_scope,
-            roles_instead_of_scope=(
-                settings.requester_role,
-                settings.admin_role,
-                settings.auditor_role,
-                settings.approver_role,
-            ),
+            # The roles that carry the broker's own purpose; an auditor or approver still needs the scope.
+            roles_instead_of_scope=(settings.requester_role, settings.admin_role),
             allowed_client_apps=settings.allowed_client_apps,
             refresh_cooldown_seconds=settings.key_refresh_cooldown_seconds,
             clock=clock,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 SUB = "00000000-0000-4000-8000-0000000000a1"
@@ -39,3 +40,12 @@ def sources(rule: dict[str, Any]) -> set[str]:
     props = rule["properties"]
     many = props.get("sourceAddressPrefixes") or []
     return set(many) or {props["sourceAddressPrefix"]}
+
+
+def retag(arm: Any, vm: str, tags: dict[str, str]) -> None:
+    """Give a VM of the running emulator new tags, as its owner would in the portal (the world is restored
+    from the scenario by `arm_admin` after the test)."""
+    world = arm.service.world
+    with world.lock:
+        (record,) = [r for r in world.vms.values() if r.spec.name.lower() == vm.lower()]
+        record.spec = dataclasses.replace(record.spec, tags=tags)

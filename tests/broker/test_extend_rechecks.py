@@ -17,8 +17,7 @@ from jitbroker.closing import Closer
 from jitbroker.errors import VmNotEligible
 from jitbroker.grants import GrantService
 from jitbroker.identity.principal import Principal
-from tests.broker.conftest import broker_rules
-from tests.broker.test_sources import retag
+from tests.broker.conftest import broker_rules, retag
 
 pytestmark = pytest.mark.usefixtures("clean_lab")
 
@@ -83,12 +82,27 @@ def test_an_extend_of_a_stopped_vm_is_refused(as_user, arm_admin) -> None:
     assert extend(alice, grant).status_code == 200  # eligible again: the renewal goes through
 
 
-def test_an_extend_uses_the_vms_duration_limit_as_it_is_now(as_user, arm) -> None:
+def test_an_extend_uses_the_vms_duration_limit_as_it_is_now(as_user, arm, api_store) -> None:
     alice = as_user("alice")
     grant = granted(alice, {"vm": "web-01", "duration": "10m"})
     retag(arm, "web-01", {"jit-ports": "22", "jit-max-duration": "PT15M"})
     assert "longer than the maximum" in refused(extend(alice, grant, "20m"), 400, "invalid_request")
+    denied = [e for e in api_store.audit_events(grant["id"]) if e.kind == "denied"]
+    assert [(e.detail, e.reason.split(":")[0]) for e in denied] == [("extend", "invalid_request")]
     assert extend(alice, grant, "15m").status_code == 200
+
+
+def test_every_refused_extend_of_a_grant_is_a_denied_event_of_it(as_user, api_store) -> None:
+    alice = as_user("alice")
+    grant = granted(alice, {"vm": "web-01", "duration": "10m"})
+    refused(extend(as_user("bob"), grant), 403, "forbidden")  # not the owner
+    alice.delete(f"/api/v1/grants/{grant['id']}")
+    refused(extend(alice, grant), 409, "conflict")  # revoked already
+    denied = [e for e in api_store.audit_events(grant["id"]) if e.kind == "denied"]
+    reasons = [(e.detail, e.reason.split(":")[0]) for e in denied]
+    assert reasons == [("extend", "forbidden"), ("extend", "conflict")]
+    bob = as_user("bob").get("/api/v1/whoami").json()["principal"]
+    assert denied[0].principal == bob  # the one who tried
 
 
 def test_an_admin_revokes_but_does_not_extend_someone_elses_grant(as_user, arm_admin) -> None:

@@ -16,7 +16,7 @@ import pytest
 from jitbroker import policy
 from jitbroker.config import ConfigError, Settings
 from jitbroker.errors import InvalidRequest, SourceNotAllowed, SourceNotRoutable
-from tests.broker.conftest import broker_rules, sources
+from tests.broker.conftest import broker_rules, retag, sources
 
 SUB = "/subscriptions/00000000-0000-4000-8000-0000000000a1"
 ENV = {
@@ -232,15 +232,6 @@ def test_a_bad_source_or_limit_setting_is_named(name: str, value: str, complaint
 OVERRIDE_ROLES = ["JIT.Requester", "JIT.SourceOverride"]
 
 
-def retag(arm: Any, vm: str, tags: dict[str, str]) -> None:
-    """Give a VM of the running emulator new tags, as its owner would in the portal (the world is restored
-    from the scenario by `arm_admin` after the test)."""
-    world = arm.service.world
-    with world.lock:
-        (record,) = [r for r in world.vms.values() if r.spec.name.lower() == vm.lower()]
-        record.spec = dataclasses.replace(record.spec, tags=tags)
-
-
 def events(store: Any, kind: str, source: str) -> list[Any]:
     return [e for e in store.audit_events(limit=100_000) if e.kind == kind and e.source == source]
 
@@ -296,6 +287,29 @@ def test_a_caller_seen_from_an_internal_address_gets_no_door(seen: str, as_user,
     assert seen in response.json()["error"]["message"]
     assert broker_rules(arm_admin.nsg("web-01-nsg")) == []
     assert [e.reason.split(":")[0] for e in events(api_store, "denied", seen)][-1] == "source_not_routable"
+
+
+@pytest.mark.usefixtures("clean_lab")
+@pytest.mark.parametrize(
+    ("seen", "what"),
+    [("224.0.0.5", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified")],
+)
+def test_a_caller_seen_from_a_multicast_or_unspecified_address_gets_no_door_and_it_is_audited(
+    seen: str, what: str, as_user, arm_admin, api_store
+) -> None:
+    response = as_user("alice", address=seen).post("/api/v1/grants", json={"vm": "web-01"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "source_not_routable"
+    assert response.headers["x-ms-error-code"] == "source_not_routable"
+    assert what in response.json()["error"]["message"]
+    assert broker_rules(arm_admin.nsg("web-01-nsg")) == []
+    alice = as_user("alice").get("/api/v1/whoami").json()["principal"]
+    (event,) = [
+        e
+        for e in api_store.audit_events(limit=100_000)
+        if e.kind == "denied" and e.principal == alice and f", {seen}, is" in (e.reason or "")
+    ]
+    assert event.reason.startswith("source_not_routable:") and event.grant_id is None
 
 
 @pytest.mark.usefixtures("clean_lab")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.broker.test_sources import retag
+from tests.broker.conftest import retag
 from tests.security.conftest import Caller, World, assert_refused
 
 
