@@ -257,10 +257,11 @@ class GrantService:
         existing = self._open_on_path(
             principal.oid, vm, port, str(source), on_path, private_ip=private_ip, now=now
         )
-        if existing is not None:
-            if existing.approval_required:
-                return existing, False  # an approved door is not stretched by asking again: extend it
+        if existing is not None and existing.approval_required:
+            return existing, False  # an approved door is not stretched by asking again: extend it
+        if existing is not None and not vm_policy.approval_required:
             return self._extend(existing, duration, now), False
+        # (an open grant from before the VM wanted approvals is not stretched either: this asks an approver)
         limits.require_within_limits(
             mine,
             str(source),
@@ -449,6 +450,11 @@ class GrantService:
         if not grant.status.is_open:
             raise Conflict(f"grant {grant.id} is {grant.status}; request a new one")
         vm_policy = self._still_eligible(principal, grant)
+        if vm_policy.approval_required and not grant.approval_required:
+            raise Conflict(
+                f"VM {grant.vm_name} now needs an approval: grant {grant.id}, opened before that, is not "
+                "extended; ask again, and the door stays open for the new request once an approver says yes"
+            )
         limit = policy.max_duration(vm_policy, self._settings)
         if duration > limit:
             raise InvalidRequest(

@@ -92,6 +92,19 @@ def test_an_extend_uses_the_vms_duration_limit_as_it_is_now(as_user, arm, api_st
     assert extend(alice, grant, "15m").status_code == 200
 
 
+def test_a_vm_that_starts_wanting_approvals_stretches_no_door_opened_before(as_user, arm, api_store) -> None:
+    alice = as_user("alice")
+    grant = granted(alice, {"vm": "web-01", "duration": "10m"})
+    retag(arm, "web-01", {"jit-ports": "22", "jit-approval": "required"})
+    assert "now needs an approval" in refused(extend(alice, grant), 409, "conflict")
+    again = alice.post("/api/v1/grants", json={"vm": "web-01", "duration": "30m"})
+    assert again.status_code == 202 and again.json()["status"] == "awaiting_approval"
+    assert again.json()["id"] != grant["id"]
+    assert alice.get(f"/api/v1/grants/{grant['id']}").json()["expires_at"] == grant["expires_at"]
+    denied = [e for e in api_store.audit_events(grant["id"]) if e.kind == "denied"]
+    assert [e.detail for e in denied] == ["extend"]
+
+
 def test_every_refused_extend_of_a_grant_is_a_denied_event_of_it(as_user, api_store) -> None:
     alice = as_user("alice")
     grant = granted(alice, {"vm": "web-01", "duration": "10m"})
