@@ -95,23 +95,31 @@ class ApprovalService:
         vm = self._fresh_vm(grant)
         now = self._clock().replace(microsecond=0)
         seconds = grant.requested_seconds or int(self._settings.default_duration.total_seconds())
-        try:  # etag-guarded: of two answers at once, one wins and the other is told who answered
-            approved = self._store.replace(
-                replace(
-                    grant,
-                    status=GrantStatus.PENDING,
-                    expires_at=now + timedelta(seconds=seconds),
-                    updated_at=now,
-                    decided_by=principal.oid,
-                    decided_by_name=principal.display_name,
-                    decided_at=now,
-                    decision_reason=reason,
-                    nsg_ids=vm.nsg_ids,
-                ),
-                before=grant,
-            )
-        except Conflict:
-            raise self._answered_meanwhile(grant_id) from None
+        approved = None
+        # Etag-guarded: of two answers at once, one wins and the other is told who answered.
+        for _ in range(3):
+            try:
+                approved = self._store.replace(
+                    replace(
+                        grant,
+                        status=GrantStatus.PENDING,
+                        expires_at=now + timedelta(seconds=seconds),
+                        updated_at=now,
+                        decided_by=principal.oid,
+                        decided_by_name=principal.display_name,
+                        decided_at=now,
+                        decision_reason=reason,
+                        nsg_ids=vm.nsg_ids,
+                    ),
+                    before=grant,
+                )
+                break
+            except Conflict:
+                grant = self._store.get(grant_id)  # still waiting (another field changed): try again
+                if grant.status is not GrantStatus.AWAITING_APPROVAL:
+                    raise self._answered_meanwhile(grant_id) from None
+        if approved is None:
+            raise Conflict(f"grant {grant_id} kept changing; try again")
         # The event follows the record: an approval that lost the race must not read as given.
         self._closer.audit("approved", approved, principal, reason=reason)
         self._closer.publish("approved", approved, principal, reason=reason)

@@ -6,6 +6,7 @@ it was before the first answer (both people read `awaiting_approval`; one writes
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -202,3 +203,18 @@ def test_the_audit_api_filters_by_the_approval_kinds(as_user) -> None:
         assert answer.status_code == 200, answer.text
         assert grant["id"] in [e["grant_id"] for e in answer.json()["events"]]
         assert {e["kind"] for e in answer.json()["events"]} == {kind}
+
+
+def test_an_approval_whose_request_changed_only_elsewhere_still_goes_through(
+    as_user, api_store, arm_admin, in_process_broker, scenario
+) -> None:
+    grant = waiting(as_user)
+    before = api_store.get(grant["id"])
+    api_store.replace(dataclasses.replace(before, justification="ticket added"), before=before)
+
+    service = approvals(in_process_broker(now), ReadBeforeTheOtherAnswer(api_store, before))
+    opened = service.approve(person(scenario, "carol", ["JIT.Approver"]), grant["id"], None)
+
+    assert opened.status is GrantStatus.ACTIVE and opened.justification == "ticket added"
+    assert len(broker_rules(arm_admin.nsg(PROD))) == 1
+    assert kinds(api_store, grant["id"]) == ["requested", "approved", "granted"]
