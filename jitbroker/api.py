@@ -5,8 +5,10 @@ Read it as the product's table of contents; the work happens in `grants` and bel
 
 from __future__ import annotations
 
+import base64
+import bisect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +29,7 @@ from jitbroker.approvals import ApprovalService
 from jitbroker.audit import KINDS as AUDIT_KINDS
 from jitbroker.audit import AuditAsk, AuditReader
 from jitbroker.config import Settings
+from jitbroker.deadline import AnswerClock
 from jitbroker.durations import format_duration, parse_duration
 from jitbroker.errors import InvalidRequest, JitError, NotAuthenticated
 from jitbroker.grants import GrantRequest, GrantService, VmSummary
@@ -371,7 +374,7 @@ def create_app(
         responses=_ERRORS,
     )
     _install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+    _install_middleware(app)
 
     app.state.services = provide
 
@@ -460,10 +463,10 @@ def create_app(
         """The caller's grants, newest first; `all=true` for admins; filtered by status and VM name or id;
         paged (`limit`, then follow `nextLink`)."""
         if awaiting == "me":
-            grants = _approvals(provide()).awaiting_for(principal)
+            shown, next_link = page.cut(_approvals(provide()).awaiting_for(principal), request, _oldest_first)
         else:
             grants = provide().grants.list_grants(principal, all_grants=all_grants, status=status, vm=vm)
-        shown, next_link = page.cut(grants, request)
+            shown, next_link = page.cut(grants, request, _newest_first)
         return GrantList(grants=[GrantOut.of(g) for g in shown], nextLink=next_link)
 
     @app.get("/api/v1/grants/{grant_id}", response_model=GrantOut, tags=["grants"])
@@ -485,7 +488,7 @@ def create_app(
     @app.get("/api/v1/vms", response_model=VmList, tags=["vms"])
     def list_vms(principal: Caller, request: Request, page: Paging) -> VmList:
         """The VMs the caller may request, with ports, power state and OS; paged like every list."""
-        shown, next_link = page.cut(provide().grants.vms(principal), request)
+        shown, next_link = page.cut(provide().grants.vms(principal), request, _by_name)
         return VmList(vms=[VmOut.of(vm) for vm in shown], nextLink=next_link)
 
     @app.get("/api/v1/whoami", response_model=WhoAmI, tags=["meta"])
@@ -555,7 +558,7 @@ class AuditParams:
         user: Annotated[str | None, Query(max_length=128, description="a principal's object id")] = None,
         vm: Annotated[str | None, Query(max_length=400, description="a VM's name or resource id")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[str | None, Query(max_length=600)] = None,
+        cursor: Annotated[str | None, Query(description="from a nextLink")] = None,
     ) -> None:
         self._ask = AuditAsk(
             since=since, until=until, kind=kind, principal=user, vm=vm, limit=limit, cursor=cursor
@@ -649,33 +652,68 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 class Page:
     """`?limit=` (1 to 1000, default 100) and the opaque `?cursor=` of a list's page; `cut` gives the page and
-    the next page's `nextLink` (a relative URL with the same filters), so no list stops silently."""
+    the next page's `nextLink` (a relative URL with the same filters), so no list stops silently.
+
+    The cursor is the last shown item's place in the list's order, not a position: the next page starts after
+    that item whatever was added or removed meanwhile, so following `nextLink` never shows an item twice and
+    never skips one that was there all along."""
 
     def __init__(
         self,
         limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
-        cursor: Annotated[str | None, Query(max_length=40, description="from a nextLink")] = None,
+        cursor: Annotated[str | None, Query(description="from a nextLink")] = None,
     ) -> None:
         self.limit = limit
-        self.offset = _offset(cursor)
+        self.after = _after(cursor)
 
-    def cut(self, items: list[T], request: Request) -> tuple[list[T], str | None]:
-        """This page of `items`, and the link to the next one (None on the last page)."""
-        end = self.offset + self.limit
-        if end >= len(items):
-            return items[self.offset :], None
-        return items[self.offset : end], _relative(str(request.url.include_query_params(cursor=f"o{end}")))
+    def cut(
+        self, items: Iterable[T], request: Request, order: Callable[[T], str]
+    ) -> tuple[list[T], str | None]:
+        """This page of `items` in `order` (a string per item that sorts as the list reads), and the link to
+        the next one (None on the last page)."""
+        ordered = sorted(items, key=order)
+        start = 0 if self.after is None else bisect.bisect_right([order(i) for i in ordered], self.after)
+        shown = ordered[start : start + self.limit]
+        if start + self.limit >= len(ordered):
+            return shown, None
+        cursor = _CURSOR_TAG + base64.urlsafe_b64encode(order(shown[-1]).encode()).decode().rstrip("=")
+        return shown, _relative(str(request.url.include_query_params(cursor=cursor)))
 
 
 Paging = Annotated[Page, Depends()]
+_CURSOR_TAG = "k"
+_CURSOR_MAX = 1200
 
 
-def _offset(cursor: str | None) -> int:
+def _after(cursor: str | None) -> str | None:
+    """The place a cursor names; a cursor this broker could not have handed out is refused (400)."""
     if cursor is None:
-        return 0
-    if not (cursor.startswith("o") and cursor[1:].isdigit()):
-        raise InvalidRequest("cursor is not one this broker handed out; start again without it")
-    return int(cursor[1:])
+        return None
+    refused = InvalidRequest("cursor is not one this broker handed out; start again without it")
+    if len(cursor) > _CURSOR_MAX or not cursor.startswith(_CURSOR_TAG):
+        raise refused
+    text = cursor[len(_CURSOR_TAG) :]
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise refused from None
+
+
+def _newest_first(grant: Grant) -> str:
+    """A grant's place in a newest-first list."""
+    return f"{_LATEST - grant.created_at.timestamp():020.6f}|{grant.id}"
+
+
+def _oldest_first(grant: Grant) -> str:
+    """A waiting request's place in the approvers' list (the longest waiting first)."""
+    return f"{grant.created_at.timestamp():020.6f}|{grant.id}"
+
+
+def _by_name(vm: VmSummary) -> str:
+    return f"{vm.name.lower()}|{vm.vm_id.lower()}"
+
+
+_LATEST = 99_999_999_999.0  # seconds since 1970 past any grant's creation: newest first sorts ascending
 
 
 def _relative(url: str) -> str:
@@ -691,6 +729,11 @@ def _describe(error: Any) -> str:
     if error.get("type") == "missing":
         return f"{location or 'body'}: required"
     return f"{location or 'body'}: {error.get('msg', 'invalid')}"
+
+
+def _install_middleware(app: FastAPI) -> None:
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(AnswerClock)  # outermost (added last): the clock starts before the body is read
 
 
 class BodySizeLimit:

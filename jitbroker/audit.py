@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from jitbroker.config import Settings
@@ -99,5 +99,5 @@ def _moment(text: str, now: datetime, what: str) -> datetime:
             raise InvalidRequest(f"{what} {raw!r} is not an ISO 8601 time or a duration like 24h") from err
         if moment.tzinfo is None:
             raise InvalidRequest(f"{what} needs a time zone (e.g. {raw}Z)")
-        return moment
+        return moment.astimezone(UTC)  # the trail is filed by UTC day
     return now - parse_duration(raw, what=what)

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from jitbroker import telemetry
+from jitbroker.deadline import remaining
 from jitbroker.errors import Conflict, NotFound
 from jitbroker.events import Actor, Event, NoPublisher, Publisher
 from jitbroker.identity.principal import Principal
@@ -111,7 +112,7 @@ class Closer:
         if not grant.status.is_open and grant.status.is_live:
             return closed  # it waited for an approver: no door was ever opened, no NSG to touch
         try:
-            results = self._reconciler.reconcile_all(closed.nsg_ids, timeout=self._budget)
+            results = self._reconciler.reconcile_all(closed.nsg_ids, timeout=remaining(self._budget))
         except StillWorking:  # the write goes on; if it fails, the sweeper finishes: say so
             return (
                 replace(closed, warnings=(*closed.warnings, CLOSE_PENDING_NOTE))

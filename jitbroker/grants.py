@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from jitbroker import limits, policy, rules
 from jitbroker.closing import Closer
 from jitbroker.config import Settings
+from jitbroker.deadline import remaining
 from jitbroker.durations import format_duration
 from jitbroker.errors import (
     AddressAmbiguous,
@@ -364,7 +365,7 @@ class GrantService:
         """Wait (within the answer budget) for the grant's NSG passes; active when every NSG holds its
         source, failed with the reason when one refuses it, still pending when the passes run long."""
         try:
-            results = self._reconciler.reconcile_all(grant.nsg_ids, timeout=self._budget)
+            results = self._reconciler.reconcile_all(grant.nsg_ids, timeout=remaining(self._budget))
         except StillWorking:
             return grant
         except Exception as err:
@@ -511,7 +512,7 @@ class GrantService:
             return self.activate(longer)
         if longer.status is GrantStatus.ACTIVE and longer.expires_at != grant.expires_at:
             try:
-                results = self._reconciler.reconcile_all(longer.nsg_ids, timeout=self._budget)
+                results = self._reconciler.reconcile_all(longer.nsg_ids, timeout=remaining(self._budget))
             except StillWorking:
                 return longer  # the record holds the new expiry; the pass renames the rule shortly
             refs = tuple(

@@ -61,19 +61,25 @@ class Readiness:
             return fresh
 
     def _run(self) -> dict[str, str]:
-        with ThreadPoolExecutor(max_workers=max(1, len(self._checks)), thread_name_prefix="ready") as pool:
+        # The pool is not waited for on the way out: a check that hangs (ARM holding a read for 30 s) is
+        # reported once the timeout passes, and its thread ends on its own; the answer never waits for it.
+        pool = ThreadPoolExecutor(max_workers=max(1, len(self._checks)), thread_name_prefix="ready")
+        try:
             futures = {name: pool.submit(check) for name, check in self._checks.items()}
+            deadline = self._monotonic() + self._timeout
             states: dict[str, str] = {}
             for name, future in futures.items():
                 try:
-                    future.result(timeout=self._timeout)
+                    future.result(timeout=max(0.0, deadline - self._monotonic()))
                     states[name] = "ok"
                 except TimeoutError:
                     states[name] = f"failed: no answer within {self._timeout:g}s"
                 except Exception as err:
                     log.warning("readiness: %s is not reachable (%s)", name, type(err).__name__)
                     states[name] = f"failed: {type(err).__name__}"
-        return states
+            return states
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def unavailable(reason: str) -> ReadinessReport:

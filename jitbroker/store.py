@@ -348,11 +348,12 @@ class GrantStore:
     ) -> tuple[list[AuditEvent], str | None]:
         """Events in `query`'s time range, newest first, at most `query.limit`, and the next page's cursor
         (None when there is none). Reads one day's partition at a time, only the days the range covers."""
-        day, after = _parse_cursor(cursor) if cursor else (query.until, None)
+        day, after = _parse_cursor(cursor) if cursor else (query.until.astimezone(UTC), None)
+        first_day = query.since.astimezone(UTC).date()  # rows are filed by their UTC day
         events: list[AuditEvent] = []
         lo = _newest_first_key(query.until)[:20]
         hi = _newest_first_key(query.since)[:20] + "~"
-        while day.date() >= query.since.date() and len(events) < query.limit:
+        while day.date() >= first_day and len(events) < query.limit:
             pk = f"{day:%Y%m%d}"
             clauses, params = (
                 ["PartitionKey eq @pk", "RowKey ge @lo", "RowKey lt @hi"],
@@ -531,6 +532,8 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
     import base64
 
     try:
+        if len(cursor) > 600:
+            raise ValueError("too long")
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         day, row_key = text.split("|", 1)
         moment = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC, hour=23, minute=59, second=59)

@@ -85,8 +85,10 @@ def _find_by_name(
         raise InvalidRequest(
             f"more than one VM is named {name!r}: add resource_group (and subscription) or use its id"
         )
-    (vm,) = matches.values()
-    return vm
+    (listed,) = matches.values()
+    # Resolved once here: a request reads the VM's addresses and NSGs many times, and a listed VM would read
+    # them through the topology cache at each use (ARM again each time when the cache is off).
+    return topology.resolve(listed.vm_id)
 
 
 def is_vm_id(vm_id: str) -> bool:

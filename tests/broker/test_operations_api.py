@@ -3,7 +3,9 @@ stopping silently; every error also names its code in `x-ms-error-code`, as Azur
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -46,6 +48,19 @@ def test_readiness_is_cached_briefly_so_a_probe_does_not_hammer_azure() -> None:
     readiness.report()
     assert len(calls) == 2
     assert ReadinessReport({"a": "ok", "b": "failed: X"}).ready is False
+
+
+def test_a_hung_dependency_is_reported_when_the_timeout_passes_not_when_it_answers() -> None:
+    release = threading.Event()
+    readiness = Readiness(
+        {"table_storage": lambda: None, "arm": lambda: release.wait(30)}, timeout_seconds=0.5
+    )
+    started = time.monotonic()
+    report = readiness.report()
+    took = time.monotonic() - started
+    release.set()
+    assert report.checks == {"table_storage": "ok", "arm": "failed: no answer within 0.5s"}
+    assert took < 5, took  # the probe's answer does not wait for the hung read
 
 
 def test_the_audit_trail_is_for_admins_and_auditors_only(as_user, token_for) -> None:
@@ -104,6 +119,44 @@ def test_audit_events_come_newest_first_filtered_and_paged_with_next_links(as_us
         assert page["nextLink"].startswith("/api/v1/audit?")
         page = carol.get(page["nextLink"]).json()
     assert [e["at"] for e in seen] == stamps and len(seen) == len(everything)
+
+
+def test_a_time_range_in_any_zone_reads_the_same_events(as_user) -> None:
+    carol = as_user("carol")
+    grant = as_user("alice").post("/api/v1/grants", json={"vm": "web-01", "duration": "PT10M"}).json()
+    now = datetime.now(UTC)
+    ids = {}
+    for zone in (UTC, timezone(timedelta(hours=-12)), timezone(timedelta(hours=14))):
+        since = (now - timedelta(minutes=5)).astimezone(zone).isoformat()
+        until = (now + timedelta(minutes=5)).astimezone(zone).isoformat()
+        answer = carol.get("/api/v1/audit", params={"since": since, "until": until, "limit": 1000})
+        assert answer.status_code == 200, answer.text
+        ids[str(zone)] = {e["grant_id"] for e in answer.json()["events"]}
+        assert grant["id"] in ids[str(zone)], zone
+    assert len({frozenset(v) for v in ids.values()}) == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/grants", "/api/v1/vms", "/api/v1/audit"])
+def test_a_cursor_too_long_to_be_ours_is_a_clear_400(path: str, as_user) -> None:
+    answer = as_user("carol").get(path, params={"cursor": "k" + "A" * 2000})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_request")
+    assert "cursor" in answer.json()["error"]["message"]
+
+
+def test_following_next_links_neither_repeats_nor_skips_while_grants_come_and_go(as_user) -> None:
+    alice = as_user("alice")
+    for vm in ("web-01", "db-01", "win-01"):
+        assert alice.post("/api/v1/grants", json={"vm": vm, "duration": "PT10M"}).status_code == 201
+    first = alice.get("/api/v1/grants", params={"status": "active", "limit": 2}).json()
+    shown = [g["id"] for g in first["grants"]]
+    alice.delete(f"/api/v1/grants/{shown[0]}")  # one already shown goes away
+    newer = alice.post("/api/v1/grants", json={"vm": "v6-01", "duration": "PT10M"}).json()  # one arrives
+    rest = alice.get(first["nextLink"]).json()
+    later = [g["id"] for g in rest["grants"]]
+    assert not set(shown) & set(later)  # nothing twice
+    assert newer["id"] not in later  # newest first: a newcomer sits before the cursor, on page one
+    active = {g["id"] for g in alice.get("/api/v1/grants", params={"status": "active"}).json()["grants"]}
+    assert (active - {newer["id"]}) <= set(shown) | set(later)  # nothing that was there all along skipped
 
 
 @pytest.mark.parametrize(
