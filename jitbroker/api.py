@@ -261,6 +261,7 @@ class AuditEventOut(BaseModel):
     port: int | None
     reason: str | None
     detail: str | None
+    actor: str | None = None
 
     @classmethod
     def of(cls, event: AuditEvent) -> AuditEventOut:

@@ -225,12 +225,15 @@ class Closer:
         reason: str | None = None,
         detail: str | None = None,
     ) -> None:
-        """Append one event to the audit trail; a failure to write it is logged, never raised."""
+        """Append one event to the audit trail; a failure to write it is logged, never raised. `principal` is
+        the grant's owner (the caller, for a refusal before any grant); `actor` whoever else acted."""
+        owner = grant.principal if grant else (by.oid if by else None)
         event = AuditEvent(
             kind=kind,
             at=self._clock(),
             grant_id=grant.id if grant else None,
-            principal=by.oid if by else (grant.principal if grant else None),
+            principal=owner,
+            actor=by.oid if by is not None and by.oid != owner else None,
             source=grant.source if grant else source,
             vm_id=grant.vm_id if grant else vm_id,
             port=grant.port if grant else port,

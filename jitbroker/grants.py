@@ -208,29 +208,40 @@ class GrantService:
         """Open a port for the caller; returns (grant, created). An open grant for the same principal, VM,
         port and source is extended within policy instead of adding a second one (created is then False).
         A grant still `pending` when returned is being written; its `GET` finishes it."""
+        vm: VmTopology | None = None
         try:
-            return self._request(principal, caller, ask)
+            policy.require_requester(principal.roles, self._settings)
+            vm = find_vm(
+                self._topology,
+                self._settings.allowed_scopes,
+                ask.vm,
+                resource_group=ask.resource_group,
+                subscription=ask.subscription,
+            )
+            return self._request(principal, caller, ask, vm)
         except (NotAllowed, InvalidRequest, NotFound, Conflict, TooManyGrants) as err:
             source = ask.source if ask.source is not None else (str(caller) if caller is not None else None)
-            self.audit_refusal(principal, err, source=source)
+            vm_id = vm.vm_id if vm is not None else None  # the VM it was refused for, when it was found
+            self.audit_refusal(principal, err, source=source, vm_id=vm_id, port=ask.port)
             raise
 
-    def audit_refusal(self, principal: Principal, err: JitError, *, source: str | None = None) -> None:
+    def audit_refusal(
+        self,
+        principal: Principal,
+        err: JitError,
+        *,
+        source: str | None = None,
+        vm_id: str | None = None,
+        port: int | None = None,
+    ) -> None:
         """A request refused before it named a grant (also for an address the broker cannot open to)."""
-        self._closer.audit("denied", None, principal, source=source, reason=f"{err.code}: {err.message}")
+        reason = f"{err.code}: {err.message}"
+        self._closer.audit("denied", None, principal, source=source, vm_id=vm_id, port=port, reason=reason)
 
     def _request(
-        self, principal: Principal, caller: policy.IpAddress | None, ask: GrantRequest
+        self, principal: Principal, caller: policy.IpAddress | None, ask: GrantRequest, vm: VmTopology
     ) -> tuple[Grant, bool]:
         settings = self._settings
-        policy.require_requester(principal.roles, settings)
-        vm = find_vm(
-            self._topology,
-            settings.allowed_scopes,
-            ask.vm,
-            resource_group=ask.resource_group,
-            subscription=ask.subscription,
-        )
         vm_policy = policy.eligible_policy(vm, principal.roles, settings)
         port, protocol = policy.choose_port(
             vm_policy, port=ask.port, protocol=ask.protocol, os_type=vm.os_type

@@ -147,6 +147,7 @@ class AuditEvent:
     port: int | None
     reason: str | None = None
     detail: str | None = None
+    actor: str | None = None  # who acted when not the grant's owner: an approver, an admin who revoked
 
 
 @dataclass(frozen=True)

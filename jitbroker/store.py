@@ -337,6 +337,7 @@ class GrantStore:
             **{k: v for k, v in asdict(event).items() if v is not None and k != "at"},
             "at": _iso(event.at),
             "principal_key": (event.principal or "").lower(),
+            "actor_key": (event.actor or "").lower(),
             "vm_key": (event.vm_id or "").lower(),
             "vm_name_key": (event.vm_id or "").rstrip("/").rsplit("/", 1)[-1].lower(),
         }
@@ -364,12 +365,15 @@ class GrantStore:
                 params["after"] = after
             for name, value in (
                 ("kind", query.kind),
-                ("principal_key", query.principal.lower() if query.principal else None),
                 (_vm_field(query.vm), (query.vm or "").rstrip("/").lower() or None),
             ):
                 if value is not None:
                     clauses.append(f"{name} eq @{name}")
                     params[name] = value
+            if query.principal:  # events of their grants, and what they did to other people's
+                # (spaces around the parameters: azure-data-tables finds them by splitting on spaces)
+                clauses.append("( principal_key eq @who or actor_key eq @who )")
+                params["who"] = query.principal.lower()
             with _upstream("reading the audit trail"):
                 pages = self._t("audit").query_entities(
                     " and ".join(clauses), parameters=params, results_per_page=query.limit - len(events)
@@ -699,6 +703,7 @@ def _event_from(entity: Any) -> AuditEvent:
         port=int(port) if port is not None else None,
         reason=entity.get("reason"),
         detail=entity.get("detail"),
+        actor=entity.get("actor"),
     )
 
 

@@ -442,6 +442,7 @@ def audit_record(event: AuditEvent, *, status: str | None = None, vm_name: str |
     values: Mapping[str, str | int | None] = {
         "grant_id": event.grant_id,
         "principal_oid": event.principal,
+        "actor_oid": event.actor,
         "vm": event.vm_id,
         "vm_name": vm_name,
         "port": event.port,

@@ -213,6 +213,7 @@ def audit_table(events: Sequence[dict[str, Any]]) -> str:
                 _when(e.get("at")),
                 str(e.get("kind") or ""),
                 str(e.get("principal") or ""),
+                str(e.get("actor") or ""),
                 vm_id.rstrip("/").rsplit("/", 1)[-1],
                 "" if e.get("port") is None else str(e["port"]),
                 str(e.get("source") or ""),
@@ -220,7 +221,7 @@ def audit_table(events: Sequence[dict[str, Any]]) -> str:
                 " | ".join(why),
             ]
         )
-    return table(rows, ["time", "kind", "who", "vm", "port", "source", "grant", "reason"])
+    return table(rows, ["time", "kind", "who", "by", "vm", "port", "source", "grant", "reason"])
 
 
 def key_values(data: dict[str, Any]) -> str:

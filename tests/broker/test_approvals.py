@@ -149,7 +149,7 @@ def test_the_audit_trail_tells_who_approved_and_why(as_user, api_store) -> None:
     carol.post(f"/api/v1/grants/{grant['id']}/approve", json={"reason": "on call"})
     events = api_store.audit_events(grant["id"])
     approved = next(e for e in events if e.kind == "approved")
-    assert (
-        approved.reason == "on call" and approved.principal == carol.get("/api/v1/whoami").json()["principal"]
-    )
+    assert approved.reason == "on call"
+    assert approved.actor == carol.get("/api/v1/whoami").json()["principal"]  # who said yes
+    assert approved.principal == grant["principal"]  # whose door it is
     assert [e.kind for e in events][:3] == ["requested", "approved", "granted"]

@@ -93,20 +93,21 @@ def test_limit_stops_at_that_many_events_and_says_more_match(jit: Jit, fake_brok
     assert "showing the newest 3 events; more match" in done.stderr
 
 
-def test_the_table_names_time_kind_who_vm_port_source_grant_and_reason(
+def test_the_table_names_time_kind_who_by_vm_port_source_grant_and_reason(
     jit: Jit, fake_broker: FakeBroker
 ) -> None:
     fake = fake_broker
     events = [
         event("denied", "2030-05-01T12:05:00+00:00", None, reason="vm_not_eligible: not opted in", port=None),
         event("requested", "2030-05-01T12:00:00Z", "g-7f3a", detail="INC-1234\x1b]0;pwned\x07\nfake row"),
+        event("revoked", "2030-05-01T11:00:00Z", "g-1", actor="ca201000-0000-4000-8000-000000000003"),
     ]
     fake.on("GET", AUDIT, Reply(200, {"events": events, "nextLink": None}))
     done = jit.run("audit", JIT_BROKER_URL=fake.url)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["TIME", "KIND", "WHO", "VM", "PORT", "SOURCE", "GRANT", "REASON"]
-    assert len(lines) == 3
+    assert lines[0].split() == ["TIME", "KIND", "WHO", "BY", "VM", "PORT", "SOURCE", "GRANT", "REASON"]
+    assert len(lines) == 4
     assert lines[1].split()[:6] == ["2030-05-01", "12:05:00Z", "denied", ALICE, "web-01", "203.0.113.10/32"]
     assert lines[1].endswith("vm_not_eligible: not opted in")
     assert lines[2].split()[:8] == [
@@ -115,6 +116,7 @@ def test_the_table_names_time_kind_who_vm_port_source_grant_and_reason(
     # a justification is the requester's text: it may not steer the reader's terminal or forge a row
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     assert lines[2].endswith("INC-1234\\x1b]0;pwned\\x07\\nfake row")
+    assert lines[3].split()[3:5] == [ALICE, "ca201000-0000-4000-8000-000000000003"]  # whose, and who did it
 
     fake.on("GET", AUDIT, Reply(200, {"events": [], "nextLink": None}))
     assert jit.run("audit", JIT_BROKER_URL=fake.url).stdout.strip() == "(none)"

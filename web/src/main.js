@@ -686,16 +686,23 @@ async function loadAudit(more) {
   body.append(...rows);
 }
 
+function personName(oid) {
+  return oid === state.me.principal ? "you" : state.names.get(oid) || oid || "–";
+}
+
+function person(oid) {
+  return h("span", { class: state.names.has(oid) ? "" : "id", title: oid || "" }, personName(oid));
+}
+
 function auditRow(event) {
   const vm = event.vm_id ? event.vm_id.split("/").pop() : "–";
-  const who =
-    event.principal === state.me.principal ? "you" : state.names.get(event.principal) || event.principal || "–";
+  const who = event.actor ? [person(event.principal), " (by ", person(event.actor), ")"] : person(event.principal);
   return h(
     "tr",
     { class: `kind-${event.kind}` },
     cell("When", stamp(event.at)),
     cell("What", h("span", { class: `badge ${badgeClass(event.kind)}` }, event.kind.replace("_", " "))),
-    cell("Who", h("span", { class: state.names.has(event.principal) ? "" : "id", title: event.principal || "" }, who)),
+    cell("Who", who),
     cell("VM", vm),
     cell("Port", event.port ? String(event.port) : "–"),
     cell("Source", event.source || "–"),
