@@ -23,6 +23,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableServiceClient
 
+from jitbroker.approvals import ApprovalService
 from jitbroker.clients import AzureClients
 from jitbroker.closing import Closer
 from jitbroker.config import Settings
@@ -167,15 +168,36 @@ class Person:
         }
 
 
+@dataclass(frozen=True)
+class Approver:
+    """Someone who answers requests on VMs that want a second person's yes (the demo's `JIT.Approver`)."""
+
+    name: str
+    principal: Principal
+    address: str
+
+
+def principal_of(scenario: Scenario, name: str) -> Principal:
+    """A scenario user as the broker sees them once their token is verified."""
+    user = scenario.user(name)
+    return Principal(
+        oid=user.oid, name=user.display_name, upn=user.upn, tenant_id="t", roles=frozenset(user.roles)
+    )
+
+
+def approver(scenario: Scenario) -> Approver:
+    """carol, who holds `JIT.Approver` (and never asks for a door in these tests, so she may approve all)."""
+    return Approver(
+        "carol", principal_of(scenario, "carol"), scenario.user("carol").address or "203.0.113.20"
+    )
+
+
 def people(scenario: Scenario) -> tuple[Person, Person]:
     """alice (SSH to `db-01`: its NIC NSG and the subnet NSG) and bob (RDP to `win-01`: the subnet NSG)."""
 
     def make(name: str, vm: str, port: int, private_ip: str, nsgs: tuple[str, ...]) -> Person:
-        user = scenario.user(name)
-        principal = Principal(
-            oid=user.oid, name=user.display_name, upn=user.upn, tenant_id="t", roles=frozenset(user.roles)
-        )
-        return Person(name, vm, port, private_ip, nsgs, principal, user.address or "203.0.113.10")
+        address = scenario.user(name).address or "203.0.113.10"
+        return Person(name, vm, port, private_ip, nsgs, principal_of(scenario, name), address)
 
     return (
         make("alice", "db-01", 22, "192.0.2.21", (NIC_NSG, SUBNET_NSG)),
@@ -191,6 +213,8 @@ class Told:
     active_at: dict[str, float] = field(default_factory=dict)  # person -> when they were told "active"
     closing_at: dict[str, float] = field(default_factory=dict)  # person -> when their revoke was sent
     revoked: set[str] = field(default_factory=set)  # grant ids whose owner was told "revoked"
+    yes_at: float = float("inf")  # when the approver's first yes was sent (approval cells)
+    approval_refusals: list[str] = field(default_factory=list)  # what the approver was answered instead
     final_at: float = float("inf")  # when the expiry phase (or the last sweep) began
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -219,6 +243,7 @@ class Instance:
     grants: GrantService
     sweeper: Sweeper
     reconciler: NsgReconciler
+    approvals: ApprovalService
 
 
 class BrokerLab:
@@ -254,6 +279,7 @@ class BrokerLab:
         self.credential = credential
         self.token_for = token_for
         self.alice, self.bob = people(scenario)
+        self.carol = approver(scenario)
         self.log_dir = log_dir
         self.started = datetime.now(UTC)
         self.sleeps: list[float] = []
@@ -318,8 +344,17 @@ class BrokerLab:
             batch=settings.sweep_batch,
             pending_grace=settings.pending_grace,
             budget_seconds=settings.sweep_budget_seconds,
+            approval_use_window=settings.approval_use_window,
         )
-        made = Instance(clients, grants, sweeper, reconciler)
+        approvals = ApprovalService(
+            settings=settings,
+            store=store,
+            topology=topology,
+            activator=grants,
+            closer=closer,
+            clock=clock,
+        )
+        made = Instance(clients, grants, sweeper, reconciler, approvals)
         with self._lock:
             self.instances.append(made)
         return made
@@ -418,6 +453,27 @@ def ask(broker: Instance, who: Person, told: Told) -> Callable[[], None]:
             return
         told.answered(who, grant.id, str(grant.status))
         told.note(f"{who.name} {grant.status}")
+
+    return run
+
+
+def approve(broker: Instance, carol: Approver, who: Person, told: Told) -> Callable[[], None]:
+    """`carol` says yes to `who`'s waiting request through `broker`, and `who` polls the answer on."""
+
+    def run() -> None:
+        grant_id = told.ids.get(who.name)
+        if grant_id is None:
+            return
+        told.yes_at = time.monotonic()
+        try:
+            grant = broker.approvals.approve(carol.principal, grant_id, "fault matrix")
+            grant = drive(broker, who, grant)
+        except Exception as err:
+            told.approval_refusals.append(f"{type(err).__name__}: {err}")
+            told.note(f"{carol.name}'s yes answered {type(err).__name__}")
+            return
+        told.answered(who, grant.id, str(grant.status))
+        told.note(f"{carol.name} approved: {who.name} {grant.status}")
 
     return run
 

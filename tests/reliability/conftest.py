@@ -87,9 +87,10 @@ def new_lab(
     token_for: Callable[..., str],
     tmp_path: Path,
 ) -> Iterator[LabFactory]:
-    """`new_lab(concurrency, lro_ms, kind=BrokerLab, answer_budget=..., **extra)`: a lab on fresh tables and a
-    reset ARM world whose NSG operations run `lro_ms` and meet concurrent writes as `concurrency` says;
-    nothing armed. `extra` goes to the lab's constructor."""
+    """`new_lab(concurrency, lro_ms, kind=BrokerLab, answer_budget=..., settings=..., **extra)`: a lab on
+    fresh tables and a reset ARM world whose NSG operations run `lro_ms` and meet concurrent writes as
+    `concurrency` says; nothing armed. `settings` adds broker settings (`JIT_*`) to the lab's environment;
+    `extra` goes to the lab's constructor."""
     made: list[BrokerLab] = []
 
     def make(
@@ -98,6 +99,7 @@ def new_lab(
         kind: type[L] = BrokerLab,  # type: ignore[assignment]
         *,
         answer_budget: str = ANSWER_BUDGET_S,
+        settings: dict[str, str] | None = None,
         **extra: Any,
     ) -> L:
         env = {
@@ -107,6 +109,7 @@ def new_lab(
             "JIT_TOPOLOGY_CACHE_SECONDS": "0",
             "JIT_ARM_POLL_SECONDS": "0.05",
             "JIT_ANSWER_BUDGET_SECONDS": answer_budget,
+            **(settings or {}),
         }
         arm_admin.set_knobs(concurrency=concurrency, lro_ms=lro_ms)
         table_proxy.reset()

@@ -1,5 +1,6 @@
-"""The reliability fault matrix: every step of the reconciler's request, revoke and expiry paths x every
-fault, under the ARM emulator's concurrency modes (`tests.reliability.matrix` says which cell runs which).
+"""The reliability fault matrix: every step of the reconciler's request, revoke, expiry and approval paths x
+every fault, under the ARM emulator's concurrency modes (`tests.reliability.matrix` says which cell runs
+which).
 
 Every cell has two brokers in this process, A and B, each with its own reconciler, locks and ARM clients
 (two instances of one deployment), over the cell's own tables and a freshly reset ARM world whose NSG
@@ -13,25 +14,37 @@ operations take a while (`LRO_MS`), so writes on one NSG overlap and meet the ce
 - expiry:  two sweepers (A's and B's) at once, an hour later;
 - then one healthy sweep an hour later.
 
+Approval cells tag `db-01` `jit-approval: required` first, so alice's request (through A) waits for an
+approver with no rule; then carol (`JIT.Approver`) approves it through A while bob asks B. The revoke phase
+follows as above, and the sweep after it runs past the approval's use window (`JIT_APPROVAL_USE_WINDOW`, two
+minutes in these cells, shorter than the grant), so a yes that never opened its door (its broker died) lapses
+there. A request a failed yes left waiting stays so until the expiry phase ends it unanswered.
+
 The fault strikes at its step (see `tests.reliability.matrix` for what "at" means per fault): request steps
-are armed before the requests, revoke steps before the revokes, expiry steps before the expiry sweeps.
-Crash cells run alice's broker (or, for expiry steps, the sweeper) as a subprocess and SIGKILL it while the
-step's own request is held; B then does its part while the dead process's request lands. DESIGN §4's
-invariants, each checked in every cell (none short-circuits another):
+are armed before the requests, revoke steps before the revokes, expiry steps before the expiry sweeps,
+approval steps before carol's yes. Crash cells run alice's broker (for expiry steps, the sweeper; for approval
+steps, the broker carol says yes through) as a subprocess and SIGKILL it while the step's own request is held;
+B then does its part while the dead process's request lands. DESIGN §4's invariants, each checked in every
+cell (none short-circuits another):
 
 - held:       every state ARM published of a grant's NSGs, from the moment the grant was answered active until
               its revoke was sent (or the expiry phase began), holds the grant's source;
-- orphans:    after the sweep at the current time, every broker source in every NSG belongs to an open grant
-              recorded for that NSG, VM address and port;
+- orphans:    after the sweep that follows the lifecycle (at the current time; in approval cells, past the
+              approval's use window), every broker source in every NSG belongs to an open grant recorded for
+              that NSG, VM address and port; and no state ARM published before the approver's yes was sent
+              holds alice's source (a rule only after a yes);
 - idempotent: asking again for an open grant gets that grant (when its NSGs could see it), active, and no
-              second rule; revoking a closed grant again is fine; then each open source is in each of its NSGs
+              second rule; asking again while a request waits for an approver gets that request, still
+              waiting; revoking a closed grant again is fine; then each open source is in each of its NSGs
               exactly once;
 - priorities: no state ARM published ever had two rules on one priority and direction;
 - rules:      no broker rule is left once every grant's time is up;
 - stuck:      nothing lost: every grant a caller was answered with is recorded, and every grant ends revoked,
-              expired, or failed with a reason;
-- audit:      every grant has `requested`, `granted` if it was ever active, the event of its final state,
-              `revoked` if its owner was told so; every orphan the sweeps removed is audited;
+              expired, or failed with a reason; an approved grant is no longer pending once its approval's
+              use window lapsed; a concurrent change of the record never makes an approval fail;
+- audit:      every grant has `requested`, `approved` if an approver's yes is recorded on it, `granted` if it
+              was ever active, the event of its final state, `revoked` if its owner was told so; every orphan
+              the sweeps removed is audited;
 - foreign:    every rule the broker did not write is byte-for-byte what it was (ignoring ARM's renewed etag).
 
 Backoff sleeps are recorded and only napped (`tests.reliability.brokers.NAP_S`); the Retry-After check reads
@@ -42,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -50,25 +64,27 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from jitbroker.model import GrantStatus
+from jitbroker.model import Grant, GrantStatus
 from jitbroker.nsgplan import canonical
 from jitbroker.rules import is_broker_rule
-from jitbroker.store import escape_key
+from jitbroker.store import GrantStore, escape_key
 from lab.arm.admin import ArmAdmin
 from lab.broker import REPO_ROOT, BrokerProcess
-from tests.broker.conftest import others, security_rules
+from tests.broker.conftest import others, retag, security_rules
 from tests.reliability.brokers import (
+    Approver,
     BrokerLab,
     Instance,
     Person,
     Told,
+    approve,
     ask,
     drive,
     extend,
@@ -83,7 +99,13 @@ from tests.reliability.conftest import LabFactory
 from tests.reliability.matrix import INVARIANTS, CellResult, Fault, Matrix, Path, Step, modes_for
 from tests.reliability.table_proxy import StoreRequest
 
+if TYPE_CHECKING:
+    from lab.arm import ArmEmulator
+    from lab.scenario import Scenario
+
 SWEEP_AFTER = timedelta(hours=1)  # past every grant's expiry (extensions included) and the pending grace
+USE_WINDOW = "PT2M"  # JIT_APPROVAL_USE_WINDOW of the cells: shorter than a grant, so a lapse is no expiry
+LAPSE_MARGIN = timedelta(seconds=30)  # how far past an approval's use window the lapse sweep runs
 ARM_ATTEMPTS = 8  # NsgReconciler's attempts per pass: a fault that fires this often outlasts them
 TABLE_ATTEMPTS = 4  # azure-core's first try + 3 retries on a status
 RETRY_AFTER_S = 1
@@ -94,7 +116,14 @@ WAIT_S = 90.0
 CONFLICT_STATUSES = frozenset({409, 412, 429})
 
 
-KNOWN_BUGS: dict[tuple[Step, Fault], str] = {}  # every reported bug is fixed; list one here with its report
+# Reported product bugs, each cell marked xfail (strict) until it is fixed; take its line out with the fix.
+KNOWN_BUGS: dict[tuple[Step, Fault], str] = {
+    (Step.APPROVAL_RECORDED, Fault.CRASH): (
+        "audit: ApprovalService.approve writes the approved record before its `approved` event, so a broker "
+        "that dies between the two leaves a grant the record says carol approved with no `approved` event "
+        "(the sweeper then fails it: requested, failed)"
+    ),
+}
 
 
 def _cell(step: Step, fault: Fault, mode: str) -> Any:
@@ -119,17 +148,36 @@ class CellLab(BrokerLab):
 
     @property
     def expiry_moment(self) -> datetime:
-        """When every grant of the cell has run out."""
-        return self.started + SWEEP_AFTER
+        """When every grant of the cell has run out, and every request still waiting for an approver (one
+        made as late as the probe) has waited its time."""
+        return self.started + SWEEP_AFTER + self.settings.approval_wait
+
+    def lapse_moment(self) -> datetime:
+        """A moment past the use window of any approval given so far: a yes that has not opened its door by
+        then lapses (the sweeper fails the grant), and no grant of the cell has expired yet."""
+        return datetime.now(UTC) + self.settings.approval_use_window + LAPSE_MARGIN
 
 
 @pytest.fixture
-def cell_lab(request: pytest.FixtureRequest, new_lab: LabFactory) -> Iterator[CellLab]:
-    """A fresh cell: reset ARM world in the cell's concurrency mode, new tables, nothing armed."""
+def cell_lab(
+    request: pytest.FixtureRequest, new_lab: LabFactory, arm: ArmEmulator, scenario: Scenario
+) -> Iterator[CellLab]:
+    """A fresh cell: reset ARM world in the cell's concurrency mode, new tables, nothing armed; in approval
+    cells, `db-01` wants an approver."""
     step, fault, mode = (request.node.callspec.params[k] for k in ("step", "fault", "mode"))
-    lab: CellLab = new_lab(mode, LRO_MS, kind=CellLab, step=step, fault=fault, mode=mode)
+    settings = {"JIT_APPROVAL_USE_WINDOW": USE_WINDOW}
+    lab: CellLab = new_lab(mode, LRO_MS, kind=CellLab, settings=settings, step=step, fault=fault, mode=mode)
+    if step.path is Path.APPROVAL:
+        want_approval(arm, scenario, lab.alice.vm)
     yield lab
     lab.cancel_race()
+
+
+def want_approval(arm: ArmEmulator, scenario: Scenario, vm: str) -> None:
+    """Tag `vm` `jit-approval: required` in the running emulator, keeping the tags that opt it in, as its
+    owner would in the portal (the `arm_admin` fixture restores the scenario's world after the cell)."""
+    tags = dict(scenario.azure.vm(vm).vm.tags)
+    retag(arm, vm, {**tags, "jit-approval": "required"})
 
 
 # ---------------------------------------------------------------------------------------------- arming
@@ -140,8 +188,8 @@ def _nsg_path(nsg: str) -> str:
 
 
 def _store_step(lab: CellLab) -> Callable[[StoreRequest], bool]:
-    """Matches alice's store write of the cell's step: the record's insert or status change, or her first
-    `open` row."""
+    """Matches alice's store write of the cell's step: the record's insert or status change (for the
+    approval, the move to `pending` that names who decided), or her first `open` row."""
     grants = f"/{lab.prefix}grants"
     open_rows = f"/{lab.prefix}open("
     step = lab.step
@@ -154,11 +202,21 @@ def _store_step(lab: CellLab) -> Callable[[StoreRequest], bool]:
             return False
         if step is Step.OPEN_ROWS:
             return request.method in ("PUT", "PATCH") and open_rows in path
-        if status == "pending":
+        if step.inserts:
             return request.method == "POST" and path.endswith(grants)
-        return request.method == "PUT" and f"{grants}(" in path and body.get("status") == status
+        changes = request.method == "PUT" and f"{grants}(" in path and body.get("status") == status
+        return changes and (step.path is not Path.APPROVAL or _decided_by(body) is not None)
 
     return match
+
+
+def _decided_by(record: dict[str, Any]) -> str | None:
+    """Who answered the request, as a grant record's `approval` column says (None: nobody yet)."""
+    try:
+        approval = json.loads(str(record.get("approval") or "{}"))
+    except ValueError:
+        return None
+    return approval.get("decided_by") if isinstance(approval, dict) else None
 
 
 ARM_SPECS: dict[Fault, dict[str, Any]] = {
@@ -216,7 +274,7 @@ def arm_the_fault(lab: CellLab) -> None:
     if fault is Fault.TABLE:
         lab.proxy.outage(match, TABLE_ATTEMPTS)
     elif fault is Fault.STALE_412:
-        (lab.proxy.after if step.record_status == "pending" else lab.proxy.before)(match, _touch(lab))
+        (lab.proxy.after if step.inserts else lab.proxy.before)(match, _touch(lab))
     else:
         spec = ARM_SPECS[fault]
         method = "PUT" if fault is Fault.LRO_FAILED else "*"
@@ -270,11 +328,13 @@ def _wait_for_ghost(lab: CellLab, method: str | None, match: str, hang_ms: int) 
 
 
 def run_lifecycle(lab: CellLab, told: Told) -> Instance:
-    """Requests, then revokes and extensions (or the crash cell's version of them), with the fault armed at
-    its step; returns broker A."""
+    """Requests (in approval cells: alice's request, then carol's yes while bob asks), then revokes and
+    extensions (or the crash cell's version of them), with the fault armed at its step; returns broker A."""
     a, b = lab.instance(), lab.instance()
     step, fault = lab.step, lab.fault
-    if step.path is Path.REQUEST and fault is Fault.CRASH:
+    if step.path is Path.APPROVAL:
+        run_approval(lab, told, a, b)
+    elif step.path is Path.REQUEST and fault is Fault.CRASH:
         crash_in_request(lab, told, b)
     else:
         if step.path is Path.REQUEST:
@@ -289,6 +349,19 @@ def run_lifecycle(lab: CellLab, told: Told) -> Instance:
     if step.path is not Path.EXPIRY:
         settle_the_fault(lab)
     return a
+
+
+def run_approval(lab: CellLab, told: Told, a: Instance, b: Instance) -> None:
+    """Alice's request waits for an approver (through A, nothing armed); then, with the fault armed, carol
+    approves it through A while bob asks B (or the crash cell's version of that)."""
+    ask(a, lab.alice, told)()
+    if told.ids.get(lab.alice.name) is None:
+        return  # refused before it was recorded: the cell's checks say whether that was right
+    if lab.fault is Fault.CRASH:
+        crash_in_approval(lab, told, b)
+        return
+    arm_the_fault(lab)
+    together(approve(a, lab.carol, lab.alice, told), ask(b, lab.bob, told))
 
 
 def run_expiry(lab: CellLab, told: Told) -> None:
@@ -323,7 +396,7 @@ def _hold_step(lab: CellLab) -> Callable[[], bool]:
     return lab.proxy.fired.is_set
 
 
-def _http(lab: CellLab, broker: BrokerProcess, who: Person) -> httpx.Client:
+def _http(lab: CellLab, broker: BrokerProcess, who: Person | Approver) -> httpx.Client:
     headers = {"X-Forwarded-For": who.address, "Authorization": f"Bearer {lab.token_for(who.name)}"}
     return httpx.Client(base_url=broker.url, headers=headers, timeout=WAIT_S)
 
@@ -338,6 +411,30 @@ def crash_in_request(lab: CellLab, told: Told, b: Instance) -> None:
         at_step = _hold_step(lab)
         caller = threading.Thread(
             target=_quietly(lambda: client.post("/api/v1/grants", json=lab.alice.body)), daemon=True
+        )
+        caller.start()
+        wait_for(at_step, f"the broker to reach {lab.step.value}")
+        broker.kill()
+    told.note(f"killed at {lab.step.value}")
+    lab.proxy.release()
+    ask(b, lab.bob, told)()
+    caller.join(WAIT_S)
+
+
+def crash_in_approval(lab: CellLab, told: Told, b: Instance) -> None:
+    """Carol's yes to alice's waiting request goes to a broker process (`POST .../approve`), which is killed
+    at the step; then bob asks B while the dead broker's request lands. Nobody polls alice's grant after
+    that: the sweeper has to finish what the yes started."""
+    grant_id = told.ids[lab.alice.name]
+    with (
+        BrokerProcess(lab.settings_env, sweep_interval=None, log_dir=lab.log_dir) as broker,
+        _http(lab, broker, lab.carol) as client,
+    ):
+        at_step = _hold_step(lab)
+        told.yes_at = time.monotonic()
+        approving = f"/api/v1/grants/{grant_id}/approve"
+        caller = threading.Thread(
+            target=_quietly(lambda: client.post(approving, json={"reason": "fault matrix"})), daemon=True
         )
         caller.start()
         wait_for(at_step, f"the broker to reach {lab.step.value}")
@@ -423,26 +520,20 @@ def _quietly(call: Callable[[], object]) -> Callable[[], None]:
 
 
 def probe(lab: CellLab, a: Instance) -> str:
-    """Idempotence (DESIGN §4.4): whoever holds an open grant asks again through A, whoever holds a closed
-    one revokes it again; then each open source is in each of its NSGs exactly once."""
+    """Idempotence (DESIGN §4.4, issue 13): whoever holds an open grant asks again through A, whoever has a
+    request waiting for an approver asks again too, whoever holds a closed one revokes it again; then each
+    open source is in each of its NSGs exactly once."""
     store = lab.direct_store()
     problems: list[str] = []
     for who in lab.people:
         mine = [g for g in store.list_for_principal(who.principal.oid) if g.vm_name == who.vm]
         first = next((g for g in mine if g.status.is_open), None)
         if first is not None:
-            visible = any(o.grant_id == first.id for nsg in first.nsg_ids for o in store.openings(nsg))
-            try:
-                again, created = a.grants.request(who.principal, ipaddress.ip_address(who.address), who.ask)
-                again = drive(a, who, again)
-            except Exception as err:
-                problems.append(f"{who.name} asking again: {type(err).__name__}: {err}")
-                continue
-            if visible and (created or again.id != first.id):
-                problems.append(f"{who.name} asking again got {again.id[:8]}, not {first.id[:8]}")
-            if again.status is not GrantStatus.ACTIVE:
-                problems.append(f"{who.name} asking again: {again.status}")
-        for closed in (g for g in mine if not g.status.is_open):
+            problems.extend(_ask_again_while_open(a, who, first, store))
+        waiting = next((g for g in mine if g.status is GrantStatus.AWAITING_APPROVAL), None)
+        if waiting is not None:
+            problems.extend(_ask_again_while_waiting(a, who, waiting))
+        for closed in (g for g in mine if not g.status.is_live):
             try:
                 after = a.grants.revoke(who.principal, closed.id)
             except Exception as err:
@@ -466,6 +557,39 @@ def probe(lab: CellLab, a: Instance) -> str:
             if len(held) != 1:
                 problems.append(f"{grant.id[:8]} ({grant.status}) is {len(held)} times in {name}")
     return "; ".join(problems)
+
+
+def _ask_again_while_open(a: Instance, who: Person, first: Grant, store: GrantStore) -> list[str]:
+    """Asking again for an open grant its NSGs can see gets that grant, active. One they cannot see (its
+    broker died before its rows) may give a new grant: active, or on a VM that wants approval, a new request
+    waiting for an approver (an approval opens one door, once)."""
+    visible = any(o.grant_id == first.id for nsg in first.nsg_ids for o in store.openings(nsg))
+    try:
+        again, created = a.grants.request(who.principal, ipaddress.ip_address(who.address), who.ask)
+        again = drive(a, who, again)
+    except Exception as err:
+        return [f"{who.name} asking again: {type(err).__name__}: {err}"]
+    problems: list[str] = []
+    if visible and (created or again.id != first.id):
+        problems.append(f"{who.name} asking again got {again.id[:8]}, not {first.id[:8]}")
+    new_request = created and first.approval_required
+    wanted = GrantStatus.AWAITING_APPROVAL if new_request else GrantStatus.ACTIVE
+    if again.status is not wanted:
+        problems.append(f"{who.name} asking again: {again.status}")
+    return problems
+
+
+def _ask_again_while_waiting(a: Instance, who: Person, waiting: Grant) -> list[str]:
+    """Asking again while a request waits for an approver gets that request, still waiting (no duplicate)."""
+    try:
+        again, created = a.grants.request(who.principal, ipaddress.ip_address(who.address), who.ask)
+    except Exception as err:
+        return [f"{who.name} asking again while waiting: {type(err).__name__}: {err}"]
+    if created or again.id != waiting.id:
+        return [f"{who.name} asking again while {waiting.id[:8]} waits got {again.id[:8]}"]
+    if again.status is not GrantStatus.AWAITING_APPROVAL:
+        return [f"{who.name} asking again while waiting: {again.status}"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -509,6 +633,46 @@ def check_orphans(lab: CellLab) -> str:
     return "; ".join(orphans)
 
 
+def check_no_rule_before_yes(lab: CellLab, told: Told) -> str:
+    """In approval cells, no state ARM published before carol's yes went out holds alice's source: a request
+    that waits for an approver opens nothing."""
+    if lab.step.path is not Path.APPROVAL:
+        return ""
+    alice = lab.alice
+    early = [
+        f"alice in {state.name} before the yes"
+        for state in lab.history.states
+        if state.at < told.yes_at
+        and state.name in alice.nsgs
+        and alice.source in sources_for(state.nsg, alice.private_ip, alice.port)
+    ]
+    return "; ".join(early[:2])
+
+
+def check_lapsed(lab: CellLab, told: Told) -> str:
+    """After the sweep past the approval's use window, alice's approved grant is no longer pending: it
+    opened (active, or closed since), or the sweeper failed it (the approval lapsed)."""
+    grant_id = told.ids.get(lab.alice.name)
+    if grant_id is None:
+        return ""
+    grant = lab.direct_store().get(grant_id)
+    if grant.status is GrantStatus.PENDING:
+        return f"alice's approved {grant_id[:8]} still pending past its approval's use window"
+    return ""
+
+
+def check_approval_kept(lab: CellLab, told: Told) -> str:
+    """A concurrent change of the waiting request's record (412 on its etag) must not fail the approval: the
+    broker reads the request again and approves it."""
+    if lab.step is not Step.APPROVAL_RECORDED or lab.fault is not Fault.STALE_412:
+        return ""
+    return "; ".join(f"the yes was refused: {why}" for why in told.approval_refusals)
+
+
+def _join(*whys: str) -> str:
+    return "; ".join(why for why in whys if why)
+
+
 def check_priorities(lab: CellLab) -> str:
     """No published state had two rules on one (direction, priority)."""
     for state in lab.history.states:
@@ -526,9 +690,10 @@ def foreign_rules(admin: ArmAdmin) -> dict[str, list[dict[str, Any]]]:
 
 
 def check_final(
-    lab: CellLab, told: Told, before: dict[str, list[dict[str, Any]]], result: CellResult
+    lab: CellLab, told: Told, before: dict[str, list[dict[str, Any]]], result: CellResult, *, lapsed: str
 ) -> None:
-    """The invariants read once every grant's time is up and the last sweep ran."""
+    """The invariants read once every grant's time is up and the last sweep ran (`lapsed`: what the lapse
+    sweep of an approval cell left pending)."""
     nsgs = lab.arm_admin.nsgs()
     left = [f"{nsg['name']}/{r['name']}" for nsg in nsgs for r in security_rules(nsg) if is_broker_rule(r)]
     result.checks["rules"] = f"left: {', '.join(left)}" if left else ""
@@ -538,17 +703,19 @@ def check_final(
     stuck = [
         f"{g.id[:8]} {g.status}"
         for g in grants
-        if g.status.is_open or (g.status is GrantStatus.FAILED and not g.reason)
+        if g.status.is_live or (g.status is GrantStatus.FAILED and not g.reason)
     ]
     recorded = {g.id for g in grants}
     stuck.extend(f"{who}'s {gid[:8]} lost" for who, gid in told.ids.items() if gid not in recorded)
-    result.checks["stuck"] = "; ".join(stuck)
+    result.checks["stuck"] = _join(*stuck, lapsed, check_approval_kept(lab, told))
 
     told_active = {told.ids[who] for who in told.active_at if who in told.ids}
     missing: list[str] = []
     for grant in grants:
         kinds = {e.kind for e in store.audit_events(grant.id)}
         wanted = {"requested", str(grant.status)}
+        if grant.decided_at is not None and grant.status is not GrantStatus.DENIED:
+            wanted.add("approved")
         if grant.nsg_rules or grant.id in told_active:
             wanted.add("granted")
         if grant.id in told.revoked:
@@ -590,15 +757,20 @@ def test_fault_at_step_loses_nothing_leaves_no_door_open_and_changes_no_foreign_
     told = Told()
 
     a = run_lifecycle(lab, told)
-    lab.sweep(instance=a)
-    result.checks["orphans"] = check_orphans(lab)
+    lapsed = ""
+    if step.path is Path.APPROVAL:
+        lab.sweep(lab.lapse_moment())
+        lapsed = check_lapsed(lab, told)
+    else:
+        lab.sweep(instance=a)
+    result.checks["orphans"] = _join(check_orphans(lab), check_no_rule_before_yes(lab, told))
     result.checks["idempotent"] = probe(lab, a)
     run_expiry(lab, told)
     lab.sweep(lab.expiry_moment)
 
     result.fired = lab.fired
     result.outcome = ", ".join(told.notes)
-    check_final(lab, told, before, result)
+    check_final(lab, told, before, result, lapsed=lapsed)
     matrix.add(result)
 
     failures = {name: why for name, why in result.checks.items() if why}
