@@ -121,7 +121,7 @@ class ApprovalService:
         if approved is None:
             raise Conflict(f"grant {grant_id} kept changing; try again")
         # The event follows the record: an approval that lost the race must not read as given.
-        self._closer.audit("approved", approved, principal, reason=reason)
+        self._closer.record_approval(approved, first=True)
         self._closer.publish("approved", approved, principal, reason=reason)
         return self._activator.activate(approved)
 

@@ -149,6 +149,8 @@ class Closer:
         `Conflict` and nothing is recorded, so a door just opened is never marked closed behind its back.
         Its event follows the record: a decision that lost the race leaves no event saying it was made."""
         kind = _EVENT.get(status, "failed")
+        if grant.status is GrantStatus.PENDING:  # approved, closed before it opened: its yes on record first
+            self.record_approval(grant)
         if decided_on is None:
             self.audit(kind, grant, by, reason=reason)  # the event ahead of the change
         elif grant.status is not decided_on:
@@ -212,6 +214,31 @@ class Closer:
                 if failure is not None:
                     report.errors.append(failure)
         return report
+
+    def record_approval(self, grant: Grant, *, first: bool = False) -> None:
+        """The `approved` event of an approved grant (`pending` or `active`), the same row whoever writes it:
+        the approval after its record (`first`), and again whoever carries the grant on (its activation, a
+        close before it opened), so a broker that died between the record and its event loses nothing."""
+        if grant.decided_at is None or grant.status not in (GrantStatus.PENDING, GrantStatus.ACTIVE):
+            return
+        event = AuditEvent(
+            kind="approved",
+            at=grant.decided_at,
+            grant_id=grant.id,
+            principal=grant.principal,
+            actor=grant.decided_by,
+            source=grant.source,
+            vm_id=grant.vm_id,
+            port=grant.port,
+            reason=grant.decision_reason,
+            once=f"approved:{grant.id}",
+        )
+        if first:
+            telemetry.audit_record(event, status=grant.status, vm_name=grant.vm_name)
+        try:
+            self._store.record(event)
+        except Exception:
+            log.exception("could not record the approval of grant %s", grant.id)
 
     def audit(
         self,

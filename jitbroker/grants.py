@@ -392,6 +392,8 @@ class GrantService:
             refs.append(NsgRuleRef(nsg_id, placed.name, placed.priority))
         try:
             warnings = (*grant.warnings, *self._warnings_for(grant, results, refs))
+            if grant.decided_at is not None:  # the yes is on record before the door it opened
+                self._closer.record_approval(grant)
             self._closer.audit("granted", grant, None, detail=",".join(r.rule_name for r in refs))
             active = self._transition(
                 grant,

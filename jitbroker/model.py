@@ -148,6 +148,7 @@ class AuditEvent:
     reason: str | None = None
     detail: str | None = None
     actor: str | None = None  # who acted when not the grant's owner: an approver, an admin who revoked
+    once: str | None = None  # the identity of an event that may be written again (by whoever carries on)
 
 
 @dataclass(frozen=True)

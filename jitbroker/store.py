@@ -330,11 +330,15 @@ class GrantStore:
 
     def record(self, event: AuditEvent) -> None:
         """Append one event to the audit trail (never updated, never deleted): one row in its day's partition,
-        with lower-cased copies of the fields the audit API filters on."""
+        with lower-cased copies of the fields the audit API filters on. An event with a `once` identity has a
+        row key made from it, so writing it again (a broker finishing what a dead one began) adds nothing."""
+        row_key = _newest_first_key(event.at)
+        if event.once is not None:
+            row_key = f"{row_key[:20]}|{hashlib.sha256(event.once.encode()).hexdigest()[:32]}"
         entity: dict[str, Any] = {
             "PartitionKey": f"{event.at.astimezone(UTC):%Y%m%d}",
-            "RowKey": _newest_first_key(event.at),
-            **{k: v for k, v in asdict(event).items() if v is not None and k != "at"},
+            "RowKey": row_key,
+            **{k: v for k, v in asdict(event).items() if v is not None and k not in ("at", "once")},
             "at": _iso(event.at),
             "principal_key": (event.principal or "").lower(),
             "actor_key": (event.actor or "").lower(),
@@ -342,7 +346,10 @@ class GrantStore:
             "vm_name_key": (event.vm_id or "").rstrip("/").rsplit("/", 1)[-1].lower(),
         }
         with _upstream("writing the audit trail"):
-            self._t("audit").create_entity(entity)
+            if event.once is None:
+                self._t("audit").create_entity(entity)
+            else:
+                self._t("audit").upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     def audit_page(
         self, query: AuditQuery, *, cursor: str | None = None

@@ -117,13 +117,7 @@ CONFLICT_STATUSES = frozenset({409, 412, 429})
 
 
 # Reported product bugs, each cell marked xfail (strict) until it is fixed; take its line out with the fix.
-KNOWN_BUGS: dict[tuple[Step, Fault], str] = {
-    (Step.APPROVAL_RECORDED, Fault.CRASH): (
-        "audit: ApprovalService.approve writes the approved record before its `approved` event, so a broker "
-        "that dies between the two leaves a grant the record says carol approved with no `approved` event "
-        "(the sweeper then fails it: requested, failed)"
-    ),
-}
+KNOWN_BUGS: dict[tuple[Step, Fault], str] = {}  # every reported bug is fixed; list one here with its report
 
 
 def _cell(step: Step, fault: Fault, mode: str) -> Any:
