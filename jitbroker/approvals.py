@@ -93,7 +93,8 @@ class ApprovalService:
         """Say yes: the grant opens for its requested duration counted from now."""
         grant = self._waiting(grant_id, principal)
         vm = self._fresh_vm(grant)
-        now = self._clock().replace(microsecond=0)
+        decided = self._clock()  # to the microsecond: the approved event sorts between its neighbours
+        now = decided.replace(microsecond=0)  # the door's times in whole seconds, as rule names carry them
         seconds = grant.requested_seconds or int(self._settings.default_duration.total_seconds())
         approved = None
         # Etag-guarded: of two answers at once, one wins and the other is told who answered.
@@ -107,7 +108,7 @@ class ApprovalService:
                         updated_at=now,
                         decided_by=principal.oid,
                         decided_by_name=principal.display_name,
-                        decided_at=now,
+                        decided_at=decided,
                         decision_reason=reason,
                         nsg_ids=vm.nsg_ids,
                     ),
