@@ -56,6 +56,16 @@ class AuditAsk:
     cursor: str | None = None
 
 
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of the trail, and the absolute time range it was read from."""
+
+    events: list[AuditEvent]
+    cursor: str | None
+    since: datetime
+    until: datetime
+
+
 class AuditReader:
     """Pages through the audit trail for admins and auditors."""
 
@@ -64,8 +74,9 @@ class AuditReader:
         self._store = store
         self._clock = clock
 
-    def page(self, principal: Principal, ask: AuditAsk) -> tuple[list[AuditEvent], str | None]:
-        """One page of events, newest first, and the cursor of the next page (None at the end)."""
+    def page(self, principal: Principal, ask: AuditAsk) -> AuditPage:
+        """One page of events, newest first, the cursor of the next page (None at the end), and the time range
+        read: a next page reads the same range even when `since` was "24h" back from a moment ago."""
         readers = {self._settings.admin_role, self._settings.auditor_role}
         if not readers & principal.roles:
             raise NotAllowed(
@@ -86,7 +97,8 @@ class AuditReader:
         query = AuditQuery(
             since=since, until=until, kind=ask.kind, principal=ask.principal, vm=ask.vm, limit=ask.limit
         )
-        return self._store.audit_page(query, cursor=ask.cursor)
+        events, cursor = self._store.audit_page(query, cursor=ask.cursor)
+        return AuditPage(events, cursor, since, until)
 
 
 def _moment(text: str, now: datetime, what: str) -> datetime:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -162,6 +163,23 @@ def test_a_refused_request_is_found_by_the_vm_it_asked_for(as_user) -> None:
         .json()["events"]
     )
     assert any(e["reason"].startswith("vm_not_running") and e["grant_id"] is None for e in found), found
+
+
+def test_an_audit_next_link_reads_the_range_the_first_page_read(as_user) -> None:
+    carol = as_user("carol")
+    for _ in range(3):
+        carol.post("/api/v1/grants", json={"vm": "web-01", "duration": "PT10M"})
+    first = carol.get("/api/v1/audit", params={"since": "1h", "limit": 1}).json()
+    link = first["nextLink"]
+    query = parse_qs(urlsplit(link).query)
+    since, until = (datetime.fromisoformat(query[k][0]) for k in ("since", "until"))
+    assert until - since == timedelta(hours=1)  # absolute: the relative "1h" does not move as pages follow
+    assert carol.get(link).status_code == 200
+    kinds = set(
+        as_user("alice").get("/api/openapi.json").json()["components"]["schemas"]["AuditEventOut"]["properties"]
+        ["kind"]["enum"]
+    )  # fmt: skip
+    assert {"approved", "withdrawn", "orphan_removed"} <= kinds
 
 
 @pytest.mark.parametrize("path", ["/api/v1/grants", "/api/v1/vms", "/api/v1/audit"])
