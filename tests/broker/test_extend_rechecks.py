@@ -115,7 +115,7 @@ def test_every_refused_extend_of_a_grant_is_a_denied_event_of_it(as_user, api_st
     reasons = [(e.detail, e.reason.split(":")[0]) for e in denied]
     assert reasons == [("extend", "forbidden"), ("extend", "conflict")]
     bob = as_user("bob").get("/api/v1/whoami").json()["principal"]
-    assert denied[0].principal == bob  # the one who tried
+    assert (denied[0].principal, denied[0].actor) == (grant["principal"], bob)  # whose, and who tried
 
 
 def test_an_admin_revokes_but_does_not_extend_someone_elses_grant(as_user, arm_admin) -> None:
