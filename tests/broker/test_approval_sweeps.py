@@ -112,6 +112,6 @@ def test_people_are_told_once_shortly_before_a_door_closes(broker_at, scenario) 
     for minute in range(0, 31):  # one sweep a minute, as the timer runs
         broker_at(now + timedelta(minutes=minute, seconds=30)).sweeper.run()
     assert recorder.kinds(grant.id).count("expiring") == 1
-    warning = next(e for e in recorder.events if e.kind == "expiring")
+    warning = next(e for e in recorder.events if e.kind == "expiring" and e.grant and e.grant.id == grant.id)
     assert warning.payload()["extend"]["command"].startswith(f"jit extend {grant.id}")
     assert "expired" in recorder.kinds(grant.id)
