@@ -318,7 +318,7 @@ class GrantService:
         event = partial(self._closer.audit, "requested", grant, principal, reason=named, detail=justification)
         grant = self._store.create(grant, alongside=event)
         if grant.status is GrantStatus.AWAITING_APPROVAL:
-            self._closer.publish("requested", grant, principal, reason=justification)
+            self._closer.publish("requested", grant)  # the requester and the justification are the grant's
             return grant, True
         return self.activate(grant), True
 
