@@ -382,10 +382,6 @@ def create_app(
 
     app.state.services = provide
 
-    def address(request: Request) -> Any:
-        peer = request.client.host if request.client else None
-        return caller_address(request.headers, peer, provide().settings.client_address_from)
-
     @app.get("/api/health", response_model=Health, tags=["meta"])
     def health() -> Health:
         """Liveness; no auth, no secrets, no calls to Azure."""
@@ -499,7 +495,7 @@ def create_app(
     def whoami(principal: Caller, request: Request) -> WhoAmI:
         """The principal, roles and the address the broker sees for the caller."""
         try:
-            seen: str | None = str(address(request))
+            seen: str | None = str(_seen_address(request, provide().settings))
         except JitError:
             seen = None
         settings = provide().settings
@@ -578,12 +574,17 @@ class AuditParams:
 AuditQueryParams = Annotated[AuditParams, Depends()]
 
 
+def _seen_address(request: Request, settings: Settings) -> Any:
+    """The caller's address as the broker's trust setting reads it (`InvalidRequest` when it cannot)."""
+    peer = request.client.host if request.client else None
+    return caller_address(request.headers, peer, settings.client_address_from)
+
+
 def _requester_address(services: Services, request: Request, principal: Principal) -> Any:
     """The address a grant would let in; one the broker cannot open to is refused and audited like any
     refusal of a request."""
-    peer = request.client.host if request.client else None
     try:
-        return caller_address(request.headers, peer, services.settings.client_address_from)
+        return _seen_address(request, services.settings)
     except JitError as err:
         services.grants.audit_refusal(principal, err)
         raise
@@ -677,12 +678,14 @@ class Page:
     ) -> tuple[list[T], str | None]:
         """This page of `items` in `order` (a string per item that sorts as the list reads), and the link to
         the next one (None on the last page)."""
-        ordered = sorted(items, key=order)
-        start = 0 if self.after is None else bisect.bisect_right([order(i) for i in ordered], self.after)
-        shown = ordered[start : start + self.limit]
-        if start + self.limit >= len(ordered):
+        keyed = sorted(((order(item), item) for item in items), key=lambda pair: pair[0])
+        keys = [key for key, _ in keyed]
+        start = 0 if self.after is None else bisect.bisect_right(keys, self.after)
+        end = start + self.limit
+        shown = [item for _, item in keyed[start:end]]
+        if end >= len(keyed):
             return shown, None
-        cursor = _CURSOR_TAG + base64.urlsafe_b64encode(order(shown[-1]).encode()).decode().rstrip("=")
+        cursor = _CURSOR_TAG + base64.urlsafe_b64encode(keys[end - 1].encode()).decode().rstrip("=")
         return shown, _relative(str(request.url.include_query_params(cursor=cursor)))
 
 

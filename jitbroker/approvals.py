@@ -92,7 +92,11 @@ class ApprovalService:
     def approve(self, principal: Principal, grant_id: str, reason: str | None) -> Grant:
         """Say yes: the grant opens for its requested duration counted from now."""
         grant = self._waiting(grant_id, principal)
-        vm = self._fresh_vm(grant)
+        try:
+            vm = self._fresh_vm(grant)
+        except VmNotEligible as refusal:  # no yes can open it any more: end the request, saying why
+            self._end_request(grant, refusal)
+            raise
         decided = self._clock()  # to the microsecond: the approved event sorts between its neighbours
         now = decided.replace(microsecond=0)  # the door's times in whole seconds, as rule names carry them
         seconds = grant.requested_seconds or int(self._settings.default_duration.total_seconds())
@@ -160,6 +164,15 @@ class ApprovalService:
         except Conflict:
             raise self._answered_meanwhile(grant.id) from None
 
+    def _end_request(self, grant: Grant, refusal: VmNotEligible) -> None:
+        """A request no approval can open any more ends `failed`, in the refusal's words (unless answered)."""
+        try:
+            self._closer.record_closed(
+                grant, GrantStatus.FAILED, reason=refusal.message, decided_on=GrantStatus.AWAITING_APPROVAL
+            )
+        except Conflict:
+            raise self._answered_meanwhile(grant.id) from None
+
     def _answered_meanwhile(self, grant_id: str) -> NotAwaiting:
         grant = self._store.get(grant_id)
         decided = f" by {grant.decided_by_name}" if grant.decided_by_name else ""
@@ -185,18 +198,7 @@ class ApprovalService:
         vm = self._topology.resolve(grant.vm_id)
         vm_policy = policy.vm_policy(vm.tags)
         if vm_policy is None or grant.port not in vm_policy.ports:
-            # No approval can open it any more: the request ends now, saying why, rather than wait in vain.
-            refusal = VmNotEligible(f"VM {vm.name} no longer opens port {grant.port} through jit-broker")
-            try:
-                self._closer.record_closed(
-                    grant,
-                    GrantStatus.FAILED,
-                    reason=refusal.message,
-                    decided_on=GrantStatus.AWAITING_APPROVAL,
-                )
-            except Conflict:
-                raise self._answered_meanwhile(grant.id) from None
-            raise refusal
+            raise VmNotEligible(f"VM {vm.name} no longer opens port {grant.port} through jit-broker")
         policy.require_running(vm)  # a stopped VM: refused, the request waits for a start and a new yes
         policy.require_nsg(vm)
         return vm
